@@ -1,0 +1,191 @@
+"""Engine profiles: the assumptions that differ between inference engines, each named and sourced.
+
+A prediction always names its engine. The ``runtime`` profile describes this project's own runtime
+(``planner launch``), the one whose predictions are measured; the others model an engine with its
+assumptions written down here, so a user can see exactly what was assumed.
+
+Every constant that is not derived from the model is an assumption and carries a comment saying where
+it comes from. Figures marked "to be calibrated" are placeholders until ``planner launch`` measures
+them on a GPU (DESIGN §9); on the CPU the runtime has no CUDA context and they do not apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.errors import InputError, suggest
+
+MiB = 1 << 20
+
+ALL_FORMATS = "*"
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """What one engine allocates, beyond the model's own tensors."""
+
+    name: str
+    """Engine key (``--engine``)."""
+    description: str
+    """One line: which engine and version the assumptions describe."""
+    attention: str
+    """``sdpa`` (flash / memory-efficient: no score matrix) or ``eager`` (b × heads × s_q × s_kv scores
+    in the activation dtype plus an fp32 softmax copy)."""
+    repeat_kv: bool
+    """Eager GQA expands K and V to all query heads before the matmul (HF ``repeat_kv``)."""
+    logits_all_positions: bool
+    """Logits for every prompt position (True) or only the last position of each sequence."""
+    prefill_chunk_tokens: int
+    """Prompt tokens per forward step across the batch (0 = the whole prompt of the whole batch)."""
+    profile_tokens: int
+    """Activations are reserved for a dummy batch of this many tokens whatever the workload (vLLM's
+    profile run at max_num_batched_tokens); 0 = sized from the workload."""
+    profile_seqs: int
+    """Sequences whose logits the profile run samples (vLLM max_num_seqs); 0 = the workload's batch."""
+    kv_block_tokens: int
+    """Paged KV cache block size in tokens (0 = contiguous cache)."""
+    sliding_window_cache: bool
+    """KV cache of a sliding-window model is capped at the window (False = grows with the context)."""
+    vocab_pad_multiple: int
+    """Embedding/LM head rows are padded to a multiple of this (and of TP)."""
+    supports_tp: bool
+    """Megatron-style tensor parallelism (llama.cpp splits by layers instead: use --pp)."""
+    weight_formats: tuple[str, ...]
+    """Weight formats the engine runs (``*`` = every registry format not limited to another engine)."""
+    kv_formats: tuple[str, ...]
+    """KV-cache formats the engine runs."""
+    fused_formats: tuple[str, ...]
+    """Quantized formats computed without materializing a dequantized weight; others need a scratch
+    copy of the largest linear shard in the activation dtype during its matmul."""
+    gpu_memory_utilization: float
+    """Fraction of device memory the engine may use (vLLM); 0 = all of it minus overhead."""
+    cuda_context_bytes: int
+    """CUDA context, module images and driver allocations per GPU (outside the caching allocator)."""
+    workspace_bytes: int
+    """cuBLAS / attention library workspaces per GPU."""
+    nccl_bytes: int
+    """NCCL communicator buffers per GPU when more than one rank is used."""
+    cuda_graph_bytes: int
+    """Memory held by captured CUDA graphs per GPU."""
+    cpu_overhead_bytes: int = 0
+    """Fixed overhead on a CPU rank (the runtime on ``--device cpu``)."""
+
+    def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
+        if engines and self.name not in engines:
+            return False
+        return ALL_FORMATS in self.weight_formats or key in self.weight_formats or (
+            key.startswith("int4-g") and "int4-gN" in self.weight_formats)
+
+    def is_fused(self, key: str) -> bool:
+        if key.startswith("int4-g"):
+            key = "int4-gN-zp" if key.endswith("-zp") else "int4-gN"
+        return key in self.fused_formats
+
+
+_PROFILES = {p.name: p for p in [
+    EngineProfile(
+        name="runtime",
+        description="this project's runtime (planner launch): SDPA attention, contiguous KV cache "
+                    "allocated up front, last-position logits, Triton fused int8/int4 kernels",
+        attention="sdpa", repeat_kv=False, logits_all_positions=False, prefill_chunk_tokens=0,
+        profile_tokens=0, profile_seqs=0, kv_block_tokens=0, sliding_window_cache=True,
+        # Vocab-parallel embedding: rows padded to a multiple of TP only.
+        vocab_pad_multiple=1, supports_tp=True,
+        weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "fp8", "int8", "int4"),
+        # kernels/: fused Triton GEMV/GEMM for these; fp8, nf4, llm-int8, absmax dequantize first.
+        fused_formats=("int8", "int4", "int4-gN", "int4-gN-zp"),
+        gpu_memory_utilization=0.0,
+        # Assumption, to be calibrated by `planner launch` on a GPU: a PyTorch CUDA context with
+        # lazy module loading (CUDA >= 11.7) is typically 300-600 MiB; 512 MiB taken.
+        cuda_context_bytes=512 * MiB,
+        # PyTorch's default cuBLAS workspace (CUBLAS_WORKSPACE_CONFIG ":4096:8" = 8 x 4 MiB on
+        # Hopper; smaller on older GPUs): 32 MiB taken as the upper figure.
+        workspace_bytes=32 * MiB,
+        # Assumption: NCCL communicator buffers with default NCCL_BUFFSIZE (4 MiB) over a few
+        # channels; aiconfigurator measured 342-392 MB on H100 SXM (../shared/notes/peers.md §11).
+        nccl_bytes=384 * MiB,
+        cuda_graph_bytes=0,
+    ),
+    EngineProfile(
+        name="vllm",
+        description="vLLM V1 serving defaults: FlashAttention, paged KV (block 16), activations "
+                    "reserved by a profile run of max_num_batched_tokens, 0.9 utilization cap",
+        attention="sdpa", repeat_kv=False, logits_all_positions=False,
+        # V1 chunked prefill with max_num_batched_tokens = 8192 (vLLM docs, "Optimization and
+        # Tuning": default for the online server); the profile run uses the same token count.
+        prefill_chunk_tokens=8192, profile_tokens=8192,
+        # max_num_seqs default 256: the profile run samples logits for that many sequences.
+        profile_seqs=256,
+        # CacheConfig.block_size default 16 (docs.vllm.ai config/cache).
+        kv_block_tokens=16, sliding_window_cache=True,
+        # VocabParallelEmbedding pads the vocabulary to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE).
+        vocab_pad_multiple=64, supports_tp=True,
+        weight_formats=("fp16", "bf16", "fp8", "int8", "int4", "int4-gN", "int4-gN-zp", "nf4",
+                        "llm-int8"),
+        kv_formats=("fp16", "bf16", "fp8"),
+        # Marlin/Machete (int4/int8 weight-only), fp8 GEMMs, bitsandbytes kernels dequantize inside.
+        fused_formats=("fp8", "int8", "int4", "int4-gN", "int4-gN-zp", "nf4", "llm-int8"),
+        # EngineArgs.gpu_memory_utilization default 0.9 (v0.10; current docs say 0.92).
+        gpu_memory_utilization=0.9,
+        cuda_context_bytes=512 * MiB,  # as for the runtime (same PyTorch/CUDA stack)
+        workspace_bytes=32 * MiB,
+        # llm-d-planner measured vLLM non-torch memory 0.15 GiB at TP 1 and 0.6 GiB at TP >= 2 on
+        # H100 (peers.md §12); the difference is taken as NCCL + custom all-reduce buffers.
+        nccl_bytes=460 * MiB,
+        # Assumption: CUDA graph capture for the default batch sizes holds about 0.5 GiB per GPU
+        # (vLLM logs "Graph capturing finished ... took 0.3-1.0 GiB" on 7-70B models); unmeasured.
+        cuda_graph_bytes=512 * MiB,
+    ),
+    EngineProfile(
+        name="transformers",
+        description="Hugging Face transformers generate() with eager attention: score matrices, "
+                    "repeat_kv for GQA, DynamicCache growing with the context",
+        attention="eager", repeat_kv=True,
+        # transformers >= 4.45 passes logits_to_keep=1 in generate(): last position only, upcast
+        # to fp32.
+        logits_all_positions=False, prefill_chunk_tokens=0, profile_tokens=0, profile_seqs=0,
+        kv_block_tokens=0,
+        # DynamicCache keeps every token; the sliding window is applied through the mask.
+        sliding_window_cache=False,
+        vocab_pad_multiple=1, supports_tp=True,
+        weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "int8", "int4"),
+        # bitsandbytes and GPTQ/AWQ kernels dequantize inside their matmuls.
+        fused_formats=("int4-gN-zp", "nf4", "llm-int8", "int8", "int4", "int4-gN"),
+        gpu_memory_utilization=0.0,
+        cuda_context_bytes=512 * MiB, workspace_bytes=32 * MiB, nccl_bytes=384 * MiB,
+        cuda_graph_bytes=0,
+    ),
+    EngineProfile(
+        name="llama.cpp",
+        description="llama.cpp server: contiguous KV cache, flash attention off, ubatch 512, "
+                    "layer split across GPUs (use --pp), GGML block formats",
+        attention="eager", repeat_kv=False, logits_all_positions=False,
+        # n_ubatch default 512: the prompt is processed in micro-batches of 512 tokens.
+        prefill_chunk_tokens=512, profile_tokens=0, profile_seqs=0, kv_block_tokens=0,
+        # llama.cpp sizes the cache for the whole context (n_ctx) for non-SWA architectures.
+        sliding_window_cache=False, vocab_pad_multiple=1, supports_tp=False,
+        weight_formats=("fp32", "fp16", "bf16", "q8_0", "q6_k", "q5_1", "q5_0", "q5_k", "q4_k",
+                        "q4_1", "q4_0", "q3_k", "q2_k"),
+        # --cache-type-k/v: f16, q8_0 (int8-like), q4_0 (int4-like).
+        kv_formats=("fp16", "bf16", "int8", "int4"),
+        fused_formats=("q8_0", "q6_k", "q5_1", "q5_0", "q5_k", "q4_k", "q4_1", "q4_0", "q3_k",
+                       "q2_k"),
+        gpu_memory_utilization=0.0,
+        # gguf-parser's default --platform-footprint of 250 MiB VRAM (peers.md §6) for the CUDA
+        # context and driver; llama.cpp does not use PyTorch's allocator.
+        cuda_context_bytes=250 * MiB, workspace_bytes=0, nccl_bytes=0, cuda_graph_bytes=0,
+    ),
+]}
+
+
+def engine(name: str) -> EngineProfile:
+    """The profile for an engine key, or InputError with suggestions."""
+    key = str(name).strip().lower()
+    if key in _PROFILES:
+        return _PROFILES[key]
+    raise InputError(f"unknown engine {name!r}{suggest(key, list(_PROFILES))}; "
+                     f"known: {', '.join(_PROFILES)}")
+
+
+def engines() -> list[EngineProfile]:
+    return list(_PROFILES.values())

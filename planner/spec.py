@@ -1,0 +1,354 @@
+"""Model specs and the tensor inventory.
+
+A :class:`ModelSpec` describes a decoder-only transformer exactly enough to enumerate every tensor.
+:func:`inventory` turns it into a list of :class:`Tensor` (name, shape, role, TP split, layer), and every
+parameter count and byte figure in the project comes from that one list: there is no second formula.
+
+Names follow Hugging Face's Llama layout for every family (``model.layers.3.self_attn.q_proj.weight``);
+fused projections of other families (GPT-2 ``c_attn``, BLOOM/Falcon ``query_key_value``, Phi-3
+``qkv_proj``/``gate_up_proj``, GLM ``query_key_value``) are listed as their separate q/k/v and gate/up
+parts, which hold exactly the same elements, scales and bytes. Weights are (out_features, in_features),
+GPT-2's Conv1D included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from planner.errors import InputError
+
+FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "bloom", "falcon", "glm",
+            "mixtral", "deepseek_v3")
+
+# How tensor parallelism splits a tensor (DESIGN §5).
+SPLITS = ("column", "row", "kv", "vocab", "replicated")
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of the inventory."""
+
+    name: str
+    """Canonical name (HF Llama layout)."""
+    shape: tuple[int, ...]
+    """Full (unsharded) shape; linears are (out_features, in_features)."""
+    role: str
+    """embedding, position_embedding, norm, linear, expert, bias, router, lm_head."""
+    split: str
+    """TP split: column (dim 0), row (dim 1), kv (dim 0 by KV heads, replicated when TP > KV heads),
+    vocab (dim 0, padded to a multiple of TP), replicated."""
+    layer: int
+    """Layer index for pipeline stages; -1 = before the first layer, ``layers`` = after the last."""
+    dtype: str | None = None
+    """Fixed storage dtype when the tensor ignores the weight format (e.g. an fp32 router bias)."""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer, exactly enough to enumerate every tensor."""
+
+    name: str
+    """Hugging Face id or a path-derived name."""
+    family: str
+    """Architecture family: one of FAMILIES."""
+    layers: int
+    """Number of transformer blocks (excluding DeepSeek's multi-token-prediction layers)."""
+    hidden: int
+    """Hidden size (model width)."""
+    heads: int
+    """Attention (query) heads."""
+    kv_heads: int
+    """Key/value heads (GQA/MQA: fewer than heads)."""
+    head_dim: int
+    """Dimension of one attention head (for MLA: qk_nope_dim + qk_rope_dim is the query head)."""
+    ffn: int
+    """FFN inner size; for gated FFNs the width of each of gate and up."""
+    vocab: int
+    """Vocabulary size (rows of the embedding as stored in the checkpoint)."""
+    gated_ffn: bool = True
+    """SwiGLU/GeGLU (gate, up, down) or plain MLP (up, down)."""
+    activation: str = "silu"
+    """FFN activation: silu, gelu, relu."""
+    tied_embeddings: bool = False
+    """LM head shares the input embedding matrix."""
+    norm: str = "rmsnorm"
+    """rmsnorm (weight only) or layernorm (weight and bias)."""
+    qkv_bias: bool = False
+    """Q, K and V projections have biases (Qwen2, OPT, GPT-2, BLOOM, GLM)."""
+    o_bias: bool = False
+    """The attention output projection has a bias."""
+    mlp_bias: bool = False
+    """FFN projections have biases."""
+    learned_positions: int = 0
+    """Rows of a learned absolute position table (0 = none; OPT: max positions + 2)."""
+    position_offset: int = 0
+    """Offset of the first position in that table (OPT: 2)."""
+    embed_norm: bool = False
+    """A LayerNorm right after the token embedding (BLOOM)."""
+    parallel_attn: bool = False
+    """Attention and MLP read the same input in parallel (GPT-J/Falcon)."""
+    parallel_norms: int = 1
+    """With parallel_attn: 1 shared input norm (Falcon-7B) or 2 (Falcon-40B ln_attn and ln_mlp)."""
+    sliding_window: int = 0
+    """Sliding attention window in tokens (0 = full attention)."""
+    experts: int = 0
+    """Routed experts per MoE layer (0 = dense)."""
+    experts_per_token: int = 0
+    """Experts each token is routed to."""
+    shared_experts: int = 0
+    """Always-active shared experts per MoE layer (DeepSeek)."""
+    expert_ffn: int = 0
+    """FFN inner size of one expert (defaults to ffn)."""
+    dense_layers: int = 0
+    """Leading layers with a dense FFN instead of MoE (DeepSeek first_k_dense_replace)."""
+    router_bias: bool = False
+    """An fp32 per-expert score-correction bias in each router (DeepSeek-V3)."""
+    q_lora_rank: int = 0
+    """MLA: rank of the query down-projection (0 = plain q_proj)."""
+    kv_lora_rank: int = 0
+    """MLA: rank of the joint KV latent (0 = no MLA)."""
+    qk_nope_dim: int = 0
+    """MLA: per-head query/key dimension without rotary embedding."""
+    qk_rope_dim: int = 0
+    """MLA: per-head (and shared key) rotary dimension."""
+    v_head_dim: int = 0
+    """MLA: per-head value dimension."""
+    max_context: int = 2048
+    """Longest context the model supports (max_position_embeddings)."""
+    rope_theta: float = 0.0
+    """RoPE base (0 = no rotary embedding)."""
+    alibi: bool = False
+    """ALiBi attention biases (BLOOM): no position parameters."""
+    norm_eps: float = 1e-5
+    """Norm epsilon."""
+    dtype: str = "fp16"
+    """Dtype the original checkpoint is published in."""
+    source: str = ""
+    """Where these numbers come from."""
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def moe(self) -> bool:
+        return self.experts > 0
+
+    @property
+    def q_head_dim(self) -> int:
+        """Per-head query (and key) dimension."""
+        return self.qk_nope_dim + self.qk_rope_dim if self.mla else self.head_dim
+
+    @property
+    def v_dim(self) -> int:
+        """Per-head value dimension."""
+        return self.v_head_dim if self.mla else self.head_dim
+
+    def is_moe_layer(self, i: int) -> bool:
+        return self.moe and i >= self.dense_layers
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "spec") -> "ModelSpec":
+        """Build and validate a spec from a mapping; errors name ``where`` and the field."""
+        if not isinstance(data, dict):
+            raise InputError(f"{where}: expected a mapping of spec fields")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            ftype = known[key].type
+            kwargs[key] = _coerce(value, ftype, f"{where}: field {key!r}")
+        for req in ("name", "family", "layers", "hidden", "heads", "vocab"):
+            if req not in kwargs:
+                raise InputError(f"{where}: missing field {req!r}")
+        kwargs.setdefault("kv_heads", kwargs["heads"])
+        if "head_dim" not in kwargs:
+            if kwargs["heads"] <= 0 or kwargs["hidden"] % kwargs["heads"]:
+                raise InputError(f"{where}: hidden {kwargs['hidden']} is not a multiple of heads "
+                                 f"{kwargs['heads']}; give head_dim")
+            kwargs["head_dim"] = kwargs["hidden"] // kwargs["heads"]
+        kwargs.setdefault("ffn", 4 * kwargs["hidden"])
+        spec = cls(**kwargs)
+        spec.validate(where)
+        return spec
+
+    def validate(self, where: str = "spec") -> None:
+        """Raise InputError naming the field when the spec cannot describe a real model."""
+        if self.family not in FAMILIES:
+            raise InputError(f"{where}: unknown family {self.family!r}; known: {', '.join(FAMILIES)}")
+        positive = ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
+                    "max_context")
+        for f in positive:
+            v = getattr(self, f)
+            if v <= 0:
+                raise InputError(f"{where}: field {f!r} must be positive, got {v}")
+        limits = {"layers": 10_000, "hidden": 1 << 20, "heads": 1 << 16, "vocab": 1 << 24,
+                  "ffn": 1 << 22, "head_dim": 1 << 14, "experts": 1 << 16}
+        for f, lim in limits.items():
+            if getattr(self, f) > lim:
+                raise InputError(f"{where}: field {f!r} = {getattr(self, f)} is implausibly large")
+        for f in ("experts", "experts_per_token", "shared_experts", "expert_ffn", "dense_layers",
+                  "q_lora_rank", "kv_lora_rank", "qk_nope_dim", "qk_rope_dim", "v_head_dim",
+                  "sliding_window", "learned_positions", "position_offset"):
+            if getattr(self, f) < 0:
+                raise InputError(f"{where}: field {f!r} must not be negative")
+        if not self.mla and self.heads % self.kv_heads:
+            raise InputError(f"{where}: heads ({self.heads}) must be a multiple of kv_heads "
+                             f"({self.kv_heads})")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            raise InputError(f"{where}: norm must be rmsnorm or layernorm, got {self.norm!r}")
+        if self.activation not in ("silu", "gelu", "relu"):
+            raise InputError(f"{where}: activation must be silu, gelu or relu")
+        if self.moe and not (0 < self.experts_per_token <= self.experts):
+            raise InputError(f"{where}: experts_per_token must be in 1..experts")
+        if self.mla and not (self.qk_rope_dim and self.qk_nope_dim and self.v_head_dim):
+            raise InputError(f"{where}: MLA needs qk_nope_dim, qk_rope_dim and v_head_dim")
+        if self.parallel_norms not in (1, 2):
+            raise InputError(f"{where}: parallel_norms must be 1 or 2")
+        if self.dense_layers > self.layers:
+            raise InputError(f"{where}: dense_layers exceeds layers")
+
+
+def _coerce(value: Any, ftype: Any, where: str) -> Any:
+    t = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise InputError(f"{where} must be true or false, got {value!r}")
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise InputError(f"{where} must be an integer, got {value!r}")
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if t == "str":
+        if not isinstance(value, str):
+            raise InputError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _norm(prefix: str, spec: ModelSpec, layer: int) -> list[Tensor]:
+    out = [Tensor(f"{prefix}.weight", (spec.hidden,), "norm", "replicated", layer)]
+    if spec.norm == "layernorm":
+        out.append(Tensor(f"{prefix}.bias", (spec.hidden,), "norm", "replicated", layer))
+    return out
+
+
+def _linear(name: str, out_f: int, in_f: int, split: str, layer: int, bias: bool,
+            role: str = "linear") -> list[Tensor]:
+    out = [Tensor(f"{name}.weight", (out_f, in_f), role, split, layer)]
+    if bias:
+        # Biases of column-parallel (and kv) linears split with their rows; row-parallel biases
+        # are added once after the all-reduce, so every rank keeps a full copy.
+        out.append(Tensor(f"{name}.bias", (out_f,), "bias",
+                          "replicated" if split in ("row", "replicated") else split, layer))
+    return out
+
+
+def _ffn(prefix: str, spec: ModelSpec, width: int, layer: int, role: str,
+         bias: bool) -> list[Tensor]:
+    h = spec.hidden
+    out: list[Tensor] = []
+    if spec.gated_ffn:
+        out += _linear(f"{prefix}.gate_proj", width, h, "column", layer, bias, role)
+    out += _linear(f"{prefix}.up_proj", width, h, "column", layer, bias, role)
+    out += _linear(f"{prefix}.down_proj", h, width, "row", layer, bias, role)
+    return out
+
+
+def _attention(prefix: str, spec: ModelSpec, i: int) -> list[Tensor]:
+    h = spec.hidden
+    if spec.mla:
+        out: list[Tensor] = []
+        qh = spec.heads * spec.q_head_dim
+        if spec.q_lora_rank:
+            out += _linear(f"{prefix}.q_a_proj", spec.q_lora_rank, h, "replicated", i, False)
+            out.append(Tensor(f"{prefix}.q_a_layernorm.weight", (spec.q_lora_rank,), "norm",
+                              "replicated", i))
+            out += _linear(f"{prefix}.q_b_proj", qh, spec.q_lora_rank, "column", i, False)
+        else:
+            out += _linear(f"{prefix}.q_proj", qh, h, "column", i, False)
+        out += _linear(f"{prefix}.kv_a_proj_with_mqa", spec.kv_lora_rank + spec.qk_rope_dim, h,
+                       "replicated", i, False)
+        out.append(Tensor(f"{prefix}.kv_a_layernorm.weight", (spec.kv_lora_rank,), "norm",
+                          "replicated", i))
+        out += _linear(f"{prefix}.kv_b_proj", spec.heads * (spec.qk_nope_dim + spec.v_head_dim),
+                       spec.kv_lora_rank, "column", i, False)
+        out += _linear(f"{prefix}.o_proj", h, spec.heads * spec.v_head_dim, "row", i, False)
+        return out
+    q = spec.heads * spec.head_dim
+    kv = spec.kv_heads * spec.head_dim
+    return (_linear(f"{prefix}.q_proj", q, h, "column", i, spec.qkv_bias)
+            + _linear(f"{prefix}.k_proj", kv, h, "kv", i, spec.qkv_bias)
+            + _linear(f"{prefix}.v_proj", kv, h, "kv", i, spec.qkv_bias)
+            + _linear(f"{prefix}.o_proj", h, q, "row", i, spec.o_bias))
+
+
+def inventory(spec: ModelSpec) -> list[Tensor]:
+    """Every tensor of the model, in checkpoint order."""
+    L, h = spec.layers, spec.hidden
+    out: list[Tensor] = [Tensor("model.embed_tokens.weight", (spec.vocab, h), "embedding",
+                                "vocab", -1)]
+    if spec.learned_positions:
+        out.append(Tensor("model.embed_positions.weight", (spec.learned_positions, h),
+                          "position_embedding", "replicated", -1))
+    if spec.embed_norm:
+        out += _norm("model.embed_layernorm", spec, -1)
+    for i in range(L):
+        p = f"model.layers.{i}"
+        out += _norm(f"{p}.input_layernorm", spec, i)
+        out += _attention(f"{p}.self_attn", spec, i)
+        if not spec.parallel_attn or spec.parallel_norms == 2:
+            out += _norm(f"{p}.post_attention_layernorm", spec, i)
+        if spec.is_moe_layer(i):
+            width = spec.expert_ffn or spec.ffn
+            out.append(Tensor(f"{p}.mlp.gate.weight", (spec.experts, h), "router", "replicated", i))
+            if spec.router_bias:
+                out.append(Tensor(f"{p}.mlp.gate.e_score_correction_bias", (spec.experts,),
+                                  "router", "replicated", i, dtype="fp32"))
+            for e in range(spec.experts):
+                out += _ffn(f"{p}.mlp.experts.{e}", spec, width, i, "expert", spec.mlp_bias)
+            if spec.shared_experts:
+                out += _ffn(f"{p}.mlp.shared_experts", spec, width * spec.shared_experts, i,
+                            "linear", spec.mlp_bias)
+        else:
+            out += _ffn(f"{p}.mlp", spec, spec.ffn, i, "linear", spec.mlp_bias)
+    out += _norm("model.norm", spec, L)
+    if not spec.tied_embeddings:
+        out.append(Tensor("lm_head.weight", (spec.vocab, h), "lm_head", "vocab", L))
+    return out
+
+
+def param_count(spec: ModelSpec) -> int:
+    """Parameters of the model, from the inventory."""
+    return sum(t.numel for t in inventory(spec))
+
+
+def active_param_count(spec: ModelSpec) -> int:
+    """Parameters one token touches (routed experts counted experts_per_token times)."""
+    total = 0
+    for t in inventory(spec):
+        if t.role == "expert":
+            total += t.numel * spec.experts_per_token // spec.experts
+        else:
+            total += t.numel
+    return total

@@ -1,0 +1,52 @@
+"""Unit conversion for printing and parsing. Bytes are ints inside; binary units (KiB, MiB, GiB =
+2^10, 2^20, 2^30) when printed. A user may type 24GB (10^9) or 24GiB (2^30): both mean what they say."""
+
+from __future__ import annotations
+
+import re
+
+from planner.errors import InputError
+
+_BINARY = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def fmt_bytes(n: int) -> str:
+    """Human-readable binary size: 1536 -> '1.50 KiB'."""
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in _BINARY:
+        if n >= size:
+            return f"{sign}{n / size:.2f} {unit}"
+    return f"{sign}{n} B"
+
+
+def fmt_count(n: int) -> str:
+    """Parameter counts: 6738415616 -> '6.74 B'."""
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+def parse_bytes(text: str) -> int:
+    """'24GB' -> 24*10^9, '24GiB' -> 24*2^30, '512' -> 512."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise InputError(f"cannot read {text!r} as a size (examples: 24GiB, 24GB, 512MiB)")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_tokens(text: str, what: str, minimum: int = 1) -> int:
+    """A token or sequence count: '2048', '4k' (= 4096), '32K'. Rejects zero, negatives, junk."""
+    s = str(text).strip().lower().replace("_", "")
+    m = re.fullmatch(r"([0-9]+)(k?)", s)
+    if not m:
+        raise InputError(f"{what} must be a whole number (like 2048 or 4k), got {text!r}")
+    value = int(m.group(1)) * (1024 if m.group(2) else 1)
+    if value < minimum:
+        raise InputError(f"{what} must be at least {minimum}, got {text!r}")
+    if value > 1 << 40:
+        raise InputError(f"{what} {text!r} is implausibly large")
+    return value
