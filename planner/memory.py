@@ -193,7 +193,9 @@ def tensor_bytes(t: Tensor, shape: tuple[int, ...], fmt: WeightFormat, base_byte
     if fmt.quantized and (t.role in QUANTIZED_ROLES or (t.role == "lm_head" and quantize_lm_head)):
         why = fmt.check_shape(*shape[-2:]) if len(shape) >= 2 else None
         if why:
-            raise InfeasibleError(f"{t.name} {shape}: {why}")
+            split = (f" (TP splits its {t.shape[-1]} inputs into {shape[-1]} per rank)"
+                     if shape != t.shape and t.split == "row" else "")
+            raise InfeasibleError(f"{t.name}: {why}{split}")
         return fmt.bytes_for_shape(shape)
     n = 1
     for d in shape:
