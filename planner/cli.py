@@ -42,7 +42,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_workload_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", "-w", default="fp16",
                    help="weight format key (fp16, bf16, fp8, int8, int4, int4-g128, int4-g128-zp, "
-                        "nf4, llm-int8, absmax, GGML q4_k… for llama.cpp); default fp16")
+                        "nf4, llm-int8, absmax, GGML q4_k… for llama.cpp), or 'stored' for a "
+                        "checkpoint's own bytes as its headers give them; default fp16")
     p.add_argument("--kv-cache", default="fp16", help="KV-cache format: fp16, bf16, fp8, int8, int4")
     p.add_argument("--tp", type=_tokens("--tp"), default=1, help="tensor-parallel degree")
     p.add_argument("--pp", type=_tokens("--pp"), default=1, help="pipeline-parallel degree")
@@ -109,9 +110,16 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from planner.sources import resolve
 
     src = resolve(args.model)
-    est = estimate(src.spec, args.weights, args.kv_cache, args.tp, args.pp, _workload(args),
-                   args.engine, args.device, args.quantize_lm_head)
+    weights, stored = args.weights, None
+    if args.weights.strip().lower() == "stored":
+        from planner.inspect import stored_bytes
+
+        weights, stored = "fp16", stored_bytes(src)
+    est = estimate(src.spec, weights, args.kv_cache, args.tp, args.pp, _workload(args),
+                   args.engine, args.device, args.quantize_lm_head, stored)
     doc = est.to_json()
+    if stored is not None:
+        doc["precision"]["weights"] = "stored"
     doc["model"]["source"] = {"kind": src.kind, "path": src.path}
     _emit(args, doc, lambda: render_estimate(est))
     return 0

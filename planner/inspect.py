@@ -128,3 +128,21 @@ def _config_report(path: str, spec: ModelSpec) -> dict:
             "model": spec.to_dict(),
             "inventory": {"params": params, "tensors": len(inv), "matches": True,
                           "note": "from config.json (no checkpoint headers to compare)"}}
+
+
+def stored_bytes(src) -> dict[str, int]:
+    """Inventory name -> exact stored bytes, for ``--weights stored`` on a checkpoint whose tensor
+    names map onto the inventory (GGUF and HF Llama-style checkpoints)."""
+    ckpt = src.checkpoint
+    if ckpt is None:
+        raise InputError("--weights stored needs a checkpoint (safetensors or GGUF) as --model")
+    cmp = compare_inventory(src.spec, ckpt)
+    if not cmp["matches"] or src.spec.family not in ("llama", "mistral", "qwen2") or src.spec.moe:
+        raise InputError(f"{src.path}: --weights stored needs a checkpoint whose tensors map one "
+                         f"to one onto the model's inventory ({cmp['note']}); give a format instead")
+    out = {}
+    for t in ckpt.tensors:
+        name = canonical_name(t.name, ckpt.format)
+        if name is not None and not _BUFFERS.search(t.name):
+            out[name] = t.nbytes
+    return out

@@ -281,8 +281,14 @@ def _largest_linear_shard(stage_tensors: list[tuple[Tensor, tuple[int, ...]]]) -
 def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
              kv_cache: str | KVFormat = "fp16", tp: int = 1, pp: int = 1,
              workload: Workload | None = None, engine: str | EngineProfile = "runtime",
-             device: str = "cuda", quantize_lm_head: bool = False) -> Estimate:
-    """Predict per-rank memory. Raises InputError / InfeasibleError with a reason."""
+             device: str = "cuda", quantize_lm_head: bool = False,
+             stored: dict[str, int] | None = None) -> Estimate:
+    """Predict per-rank memory. Raises InputError / InfeasibleError with a reason.
+
+    ``stored`` maps inventory names to the exact bytes a checkpoint stores them in (``--weights
+    stored``): each rank then holds its shard of those bytes, and ``weights`` only names the format
+    used for the layout checks and the activation dtype.
+    """
     fmt = weights if isinstance(weights, WeightFormat) else weight_format(weights)
     kvf = kv_cache if isinstance(kv_cache, KVFormat) else kv_format(kv_cache)
     eng = engine if isinstance(engine, EngineProfile) else get_engine(engine)
@@ -342,9 +348,16 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                          _shard_shape(emb, spec, tp, eng)))
         wdetail: dict[str, int] = {}
         for t, shape in held:
-            role = "quantized" if (fmt.quantized and t.role in QUANTIZED_ROLES) else t.role
-            wdetail[role] = wdetail.get(role, 0) + tensor_bytes(t, shape, fmt, base,
-                                                                quantize_lm_head)
+            if stored is not None:
+                role = t.role
+                n_shard = math.prod(shape)
+                b = stored[t.name if t.name in stored else "model.embed_tokens.weight"]
+                nbytes = b * n_shard // t.numel if (b * n_shard) % t.numel == 0 else \
+                    -(-b * n_shard // t.numel)
+            else:
+                role = "quantized" if (fmt.quantized and t.role in QUANTIZED_ROLES) else t.role
+                nbytes = tensor_bytes(t, shape, fmt, base, quantize_lm_head)
+            wdetail[role] = wdetail.get(role, 0) + nbytes
         w_bytes = sum(wdetail.values())
 
         n_layers = hi - lo
@@ -357,7 +370,7 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                                          vocab_pad, has_head, n_layers > 0)
             if peak > best:
                 best, best_detail = peak, det
-        if fmt.quantized and not eng.is_fused(fmt.key):
+        if stored is None and fmt.quantized and not eng.is_fused(fmt.key):
             scratch_bytes = 4 if device == "cpu" else act  # the CPU reference dequantizes to fp32
             best_detail["dequant_scratch"] = _largest_linear_shard(held) * scratch_bytes
             best += best_detail["dequant_scratch"]

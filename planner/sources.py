@@ -40,7 +40,10 @@ def load_config_file(path: str) -> dict:
         if size > MAX_CONFIG_BYTES:
             raise InputError(f"{path}: {size} bytes is too large for a config.json")
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CONFIG_BYTES + 1)  # never more than the limit, even if it grew
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise InputError(f"{path}: more than {MAX_CONFIG_BYTES} bytes is too large for a "
+                             "config.json")
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
@@ -50,6 +53,10 @@ def load_config_file(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: "
                          f"{e.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply for a config.json") from None
+    except ValueError as e:  # e.g. an integer literal longer than Python's 4300-digit limit
+        raise InputError(f"{path}: unreadable JSON value ({e})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data
@@ -62,6 +69,35 @@ def _get(cfg: dict, where: str, *keys: str, default: Any = None, required: bool 
     if required and default is None:
         raise InputError(f"{where}: missing {keys[0]!r}")
     return default
+
+
+def _int(cfg: dict, where: str, key: str, value: Any) -> int:
+    """An integer field that the code below does arithmetic on (before ModelSpec validates it)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{where}: {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _bool(cfg: dict, where: str, key: str, default: bool) -> bool:
+    """An optional true/false field; null means the default."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InputError(f"{where}: {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _float(cfg: dict, where: str, key: str, default: float) -> float:
+    """An optional number field; null means the default."""
+    value = cfg.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}: {key!r} must be a number, got {value!r}")
+    return float(value)
 
 
 _SUPPORTED = ("llama", "mistral", "qwen2", "phi3", "mixtral", "opt", "gpt2", "bloom", "falcon",
@@ -77,29 +113,32 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
         raise InputError(f"{where}: model_type {mt!r} is not supported; supported: "
                          f"{', '.join(_SUPPORTED)}")
     g = lambda *k, **kw: _get(cfg, where, *k, **kw)  # noqa: E731
+    gi = lambda *k, **kw: _int(cfg, where, k[0], g(*k, **kw))  # noqa: E731
+    b = lambda k, default: _bool(cfg, where, k, default)  # noqa: E731
     d: dict[str, Any] = {"name": name, "source": f"config.json ({where})"}
     dt = cfg.get("torch_dtype") or cfg.get("dtype")
-    d["dtype"] = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(dt, "fp16")
+    d["dtype"] = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
+        dt if isinstance(dt, str) else "", "fp16")
     if mt in ("llama", "mistral", "qwen2", "phi3", "mixtral", "deepseek_v3"):
         d.update(family=mt, layers=g("num_hidden_layers"), hidden=g("hidden_size"),
                  heads=g("num_attention_heads"),
                  kv_heads=g("num_key_value_heads", default=g("num_attention_heads")),
                  ffn=g("intermediate_size"), vocab=g("vocab_size"),
-                 tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+                 tied_embeddings=b("tie_word_embeddings", False),
                  max_context=g("max_position_embeddings", default=2048),
-                 rope_theta=float(cfg.get("rope_theta", 10000.0)),
-                 norm_eps=float(cfg.get("rms_norm_eps", 1e-6)))
+                 rope_theta=_float(cfg, where, "rope_theta", 10000.0),
+                 norm_eps=_float(cfg, where, "rms_norm_eps", 1e-6))
         if cfg.get("head_dim"):
             d["head_dim"] = cfg["head_dim"]
         if mt == "qwen2":
             d["qkv_bias"] = True
-        if cfg.get("attention_bias"):
+        if b("attention_bias", False):
             d["qkv_bias"] = d["o_bias"] = True
-        if cfg.get("mlp_bias"):
+        if b("mlp_bias", False):
             d["mlp_bias"] = True
         sw = cfg.get("sliding_window")
-        if sw and (mt != "qwen2" or cfg.get("use_sliding_window")):
-            d["sliding_window"] = int(sw)
+        if sw and (mt != "qwen2" or b("use_sliding_window", False)):
+            d["sliding_window"] = _int(cfg, where, "sliding_window", sw)
         if mt == "mixtral":
             d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
                      expert_ffn=g("intermediate_size"))
@@ -116,54 +155,54 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
         if cfg.get("word_embed_proj_dim", cfg.get("hidden_size")) != cfg.get("hidden_size"):
             raise InputError(f"{where}: OPT with word_embed_proj_dim != hidden_size (opt-350m's "
                              "project_in/out) is not supported")
-        if cfg.get("do_layer_norm_before") is False:
+        if not b("do_layer_norm_before", True):
             raise InputError(f"{where}: OPT with post-layer-norm (opt-350m) is not supported")
-        mp = g("max_position_embeddings")
+        mp = gi("max_position_embeddings")
+        bias = b("enable_bias", True)
         d.update(family="opt", layers=g("num_hidden_layers"), hidden=g("hidden_size"),
                  heads=g("num_attention_heads"), ffn=g("ffn_dim"), vocab=g("vocab_size"),
                  gated_ffn=False, activation="relu", norm="layernorm",
-                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
-                 qkv_bias=bool(cfg.get("enable_bias", True)), o_bias=bool(cfg.get("enable_bias", True)),
-                 mlp_bias=bool(cfg.get("enable_bias", True)),
+                 tied_embeddings=b("tie_word_embeddings", True),
+                 qkv_bias=bias, o_bias=bias, mlp_bias=bias,
                  learned_positions=mp + 2, position_offset=2, max_context=mp)
     elif mt == "gpt2":
-        n_pos = g("n_positions")
-        h = g("n_embd")
+        n_pos = gi("n_positions")
+        h = gi("n_embd")
         d.update(family="gpt2", layers=g("n_layer"), hidden=h, heads=g("n_head"),
                  ffn=cfg.get("n_inner") or 4 * h, vocab=g("vocab_size"), gated_ffn=False,
                  activation="gelu", norm="layernorm",
-                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                 tied_embeddings=b("tie_word_embeddings", True),
                  qkv_bias=True, o_bias=True, mlp_bias=True, learned_positions=n_pos,
-                 max_context=n_pos, norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)))
+                 max_context=n_pos, norm_eps=_float(cfg, where, "layer_norm_epsilon", 1e-5))
     elif mt == "bloom":
-        h = g("hidden_size", "n_embed")
+        h = gi("hidden_size", "n_embed")
         d.update(family="bloom", layers=g("n_layer", "num_hidden_layers"), hidden=h,
                  heads=g("n_head", "num_attention_heads"), ffn=4 * h, vocab=g("vocab_size"),
                  gated_ffn=False, activation="gelu", norm="layernorm",
-                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)), qkv_bias=True,
+                 tied_embeddings=b("tie_word_embeddings", True), qkv_bias=True,
                  o_bias=True, mlp_bias=True, embed_norm=True, alibi=True,
                  max_context=cfg.get("seq_length") or 2048)
     elif mt in ("falcon", "RefinedWeb", "RefinedWebModel"):
-        h = g("hidden_size")
+        h = gi("hidden_size")
         heads = g("num_attention_heads", "n_head")
-        new_arch = bool(cfg.get("new_decoder_architecture", mt == "RefinedWeb"))
-        multi_query = bool(cfg.get("multi_query", True))
+        new_arch = b("new_decoder_architecture", mt == "RefinedWeb")
+        multi_query = b("multi_query", True)
         kv = g("num_kv_heads", "n_head_kv", default=None, required=False)
         if kv is None:
             kv = 1 if (multi_query and not new_arch) else heads
-        bias = bool(cfg.get("bias", False))
-        if not cfg.get("parallel_attn", True):
+        bias = b("bias", False)
+        if not b("parallel_attn", True):
             raise InputError(f"{where}: Falcon without parallel_attn is not supported")
-        if cfg.get("alibi"):
+        if b("alibi", False):
             raise InputError(f"{where}: Falcon with ALiBi is not supported")
         d.update(family="falcon", layers=g("num_hidden_layers", "n_layer"), hidden=h, heads=heads,
                  kv_heads=kv, ffn=cfg.get("ffn_hidden_size") or 4 * h, vocab=g("vocab_size"),
                  gated_ffn=False, activation="gelu", norm="layernorm",
-                 tied_embeddings=bool(cfg.get("tie_word_embeddings", True)),
+                 tied_embeddings=b("tie_word_embeddings", True),
                  qkv_bias=bias, o_bias=bias, mlp_bias=bias, parallel_attn=True,
                  parallel_norms=2 if (new_arch and cfg.get("num_ln_in_parallel_attn", 2) == 2) else 1,
                  max_context=cfg.get("max_position_embeddings") or 2048,
-                 rope_theta=float(cfg.get("rope_theta", 10000.0)))
+                 rope_theta=_float(cfg, where, "rope_theta", 10000.0))
     elif mt == "glm":
         d.update(family="glm", layers=g("num_layers"), hidden=g("hidden_size"),
                  heads=g("num_attention_heads"), ffn=g("inner_hidden_size"), vocab=g("vocab_size"),

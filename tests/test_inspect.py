@@ -101,3 +101,21 @@ def test_estimate_from_checkpoint_equals_catalog(gguf_path):
     ja, jb = json.loads(a.stdout), json.loads(b.stdout)
     assert ja["ranks"] == jb["ranks"]
     assert ja["model"]["params"] == sum(t.numel for t in inventory(lookup("smollm2").spec))
+
+
+def test_estimate_with_stored_weights_uses_the_file_bytes(gguf_path):
+    import gguf
+
+    file_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(gguf_path).tensors)
+    out = run_cli("estimate", "--model", gguf_path, "--weights", "stored", "--engine", "llama.cpp",
+                  "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["precision"]["weights"] == "stored"
+    assert doc["ranks"][0]["bytes"]["weights"] == file_bytes
+
+
+def test_stored_weights_need_a_checkpoint():
+    out = run_cli("estimate", "--model", "llama-2-7b", "--weights", "stored")
+    assert out.returncode == 2 and "needs a checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr
