@@ -385,45 +385,37 @@ def read_safetensors_header(path: str) -> tuple[list[CheckpointTensor], dict]:
     return [t for _, _, t in tensors], metadata
 
 
+def read_json_object(path: str, what: str, max_bytes: int = _ST_MAX_HEADER) -> dict:
+    """Read a small JSON file that must hold an object (config.json, a shard index), with one clear
+    error naming the file for every way it can be wrong."""
+    size = _stat_file(path)
+    if size > max_bytes:
+        raise _fail(path, f"{what} is {size} bytes, too large")
+    with _open(path) as f:
+        raw = f.read()
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _fail(path, f"{what} is not UTF-8") from None
+    except RecursionError:
+        raise _fail(path, f"{what} is nested too deeply") from None
+    except ValueError as e:
+        raise _fail(path, f"{what} is not valid JSON ({getattr(e, 'msg', e)}, "
+                          f"line {getattr(e, 'lineno', '?')})") from None
+    if not isinstance(data, dict):
+        raise _fail(path, f"{what} is a JSON {type(data).__name__}, not an object")
+    return data
+
+
 def _read_config(folder: str) -> dict | None:
     cfg = os.path.join(folder, "config.json")
     if not os.path.exists(cfg):
         return None
-    size = _stat_file(cfg)
-    if size > _ST_MAX_HEADER:
-        raise _fail(cfg, f"config.json is {size} bytes, too large")
-    with _open(cfg) as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _fail(cfg, "config.json is not UTF-8") from None
-    except RecursionError:
-        raise _fail(cfg, "config.json is nested too deeply") from None
-    except ValueError as e:
-        raise _fail(cfg, f"config.json is not valid JSON ({getattr(e, 'msg', e)}, "
-                         f"line {getattr(e, 'lineno', '?')})") from None
-    if not isinstance(data, dict):
-        raise _fail(cfg, f"config.json is a JSON {type(data).__name__}, not an object")
-    return data
+    return read_json_object(cfg, "config.json")
 
 
 def _read_index(index_path: str) -> tuple[dict[str, str], dict]:
-    size = _stat_file(index_path)
-    if size > _ST_MAX_HEADER:
-        raise _fail(index_path, f"index is {size} bytes, too large")
-    with _open(index_path) as f:
-        raw = f.read()
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _fail(index_path, "index is not UTF-8") from None
-    except RecursionError:
-        raise _fail(index_path, "index JSON is nested too deeply") from None
-    except ValueError as e:
-        raise _fail(index_path, f"index is not valid JSON ({getattr(e, 'msg', e)})") from None
-    if not isinstance(data, dict):
-        raise _fail(index_path, "index is not a JSON object")
+    data = read_json_object(index_path, "index")
     wm = data.get("weight_map")
     if not isinstance(wm, dict) or not wm:
         raise _fail(index_path, "index has no \"weight_map\" object (or it is empty)")
