@@ -69,6 +69,8 @@ class EngineProfile:
     """Memory held by captured CUDA graphs per GPU."""
     cpu_overhead_bytes: int = 0
     """Fixed overhead on a CPU rank (the runtime on ``--device cpu``)."""
+    cpu_fused_formats: tuple[str, ...] = ()
+    """Quantized formats with a packed CPU kernel (no dequantized copy) on ``--device cpu``."""
 
     def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
         if engines and self.name not in engines:
@@ -76,10 +78,10 @@ class EngineProfile:
         return ALL_FORMATS in self.weight_formats or key in self.weight_formats or (
             key.startswith("int4-g") and "int4-gN" in self.weight_formats)
 
-    def is_fused(self, key: str) -> bool:
+    def is_fused(self, key: str, device: str = "cuda") -> bool:
         if key.startswith("int4-g"):
             key = "int4-gN-zp" if key.endswith("-zp") else "int4-gN"
-        return key in self.fused_formats
+        return key in (self.cpu_fused_formats if device == "cpu" else self.fused_formats)
 
 
 _PROFILES = {p.name: p for p in [
@@ -105,6 +107,9 @@ _PROFILES = {p.name: p for p in [
         # channels; aiconfigurator measured 342-392 MB on H100 SXM (../shared/notes/peers.md §11).
         nccl_bytes=384 * MiB,
         cuda_graph_bytes=0,
+        # kernels/: on the CPU only int8 has a packed kernel (torch._weight_int8pack_mm); int4
+        # formats run the fp32 dequantize-then-matmul reference (kernels/NOTES.md, "Dispatch").
+        cpu_fused_formats=("int8",),
     ),
     EngineProfile(
         name="vllm",

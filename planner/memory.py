@@ -370,7 +370,7 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                                          vocab_pad, has_head, n_layers > 0)
             if peak > best:
                 best, best_detail = peak, det
-        if stored is None and fmt.quantized and not eng.is_fused(fmt.key):
+        if stored is None and fmt.quantized and not eng.is_fused(fmt.key, device):
             scratch_bytes = 4 if device == "cpu" else act  # the CPU reference dequantizes to fp32
             best_detail["dequant_scratch"] = _largest_linear_shard(held) * scratch_bytes
             best += best_detail["dequant_scratch"]
