@@ -246,8 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
-            parser.print_help(sys.stderr)
-            return 2
+            raise InputError("no command given; try planner estimate, inspect or models "
+                             "(planner --help lists them)")
         return int(args.func(args))
     except PlannerError as e:
         sys.stderr.write(f"planner: error: {e}\n")

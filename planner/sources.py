@@ -283,7 +283,10 @@ def resolve(model: str) -> ModelSource:
 
 
 def _from_folder(path: str) -> ModelSource:
-    names = os.listdir(path)
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot list this folder ({e.strerror or e})") from None
     if "model.safetensors.index.json" in names or any(n.endswith(".safetensors") for n in names):
         return _from_checkpoint(path)
     ggufs = [n for n in names if n.endswith(".gguf")]

@@ -18,6 +18,11 @@ from typing import Any
 
 from planner.errors import InputError
 
+MAX_EXPERT_FFNS = 1 << 16
+"""Expert FFNs (MoE layers x experts) a spec may describe; DeepSeek-V3 has 58 x 256 = 14,848. The
+inventory lists every expert of every MoE layer, so a tiny hostile config with 65536 experts x 10000
+layers would otherwise make the planner build ~2e9 tensors."""
+
 FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "bloom", "falcon", "glm",
             "mixtral", "deepseek_v3")
 
@@ -197,7 +202,10 @@ class ModelSpec:
             if v <= 0:
                 raise InputError(f"{where}: field {f!r} must be positive, got {v}")
         limits = {"layers": 10_000, "hidden": 1 << 20, "heads": 1 << 16, "vocab": 1 << 24,
-                  "ffn": 1 << 22, "head_dim": 1 << 14, "experts": 1 << 16}
+                  "ffn": 1 << 22, "head_dim": 1 << 14, "experts": 1 << 16, "expert_ffn": 1 << 22,
+                  "q_lora_rank": 1 << 20, "kv_lora_rank": 1 << 20, "qk_nope_dim": 1 << 14,
+                  "qk_rope_dim": 1 << 14, "v_head_dim": 1 << 14, "max_context": 1 << 32,
+                  "learned_positions": 1 << 24, "kv_heads": 1 << 16, "shared_experts": 1 << 10}
         for f, lim in limits.items():
             if getattr(self, f) > lim:
                 raise InputError(f"{where}: field {f!r} = {getattr(self, f)} is implausibly large")
@@ -221,6 +229,10 @@ class ModelSpec:
             raise InputError(f"{where}: parallel_norms must be 1 or 2")
         if self.dense_layers > self.layers:
             raise InputError(f"{where}: dense_layers exceeds layers")
+        moe_layers = self.layers - self.dense_layers
+        if self.moe and moe_layers * self.experts > MAX_EXPERT_FFNS:
+            raise InputError(f"{where}: {moe_layers} MoE layers x {self.experts} experts is "
+                             f"implausibly large (more than {MAX_EXPERT_FFNS} expert FFNs)")
 
 
 def _coerce(value: Any, ftype: Any, where: str) -> Any:

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from planner_testutil import REPO
 
 HEAVY = ("torch", "triton", "textual", "numpy", "safetensors", "gguf")
 

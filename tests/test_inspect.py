@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from planner_testutil import run_cli
 from planner.catalog import lookup
 from planner.inspect import inspect_path
 from planner.spec import inventory, param_count

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import zipfile
 
-from conftest import REPO
+from planner_testutil import REPO
 
 
 def test_wheel_ships_catalog_yaml(tmp_path):
