@@ -12,13 +12,14 @@ last. Every TP rank of a stage holds the same bytes (padded vocabulary shards in
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 from planner.engines import EngineProfile, engine as get_engine
 from planner.errors import InfeasibleError, InputError
 from planner.precision import QUANTIZED_ROLES, KVFormat, WeightFormat, kv_format, weight_format
-from planner.spec import ModelSpec, Tensor, inventory
+from planner.spec import ModelSpec, Tensor, inventory, param_count, tensor_groups
 
 LINE_ITEMS = ("weights", "kv_cache", "activations", "overhead", "total")
 
@@ -268,12 +269,46 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
     return sum(peak.values()), {f"{name}.{k}": v for k, v in peak.items()}
 
 
-def _largest_linear_shard(stage_tensors: list[tuple[Tensor, tuple[int, ...]]]) -> int:
-    best = 0
-    for t, shape in stage_tensors:
+def _held(spec: ModelSpec, groups, lo: int, hi: int, first: bool, last: bool):
+    """(representative tensor, count) of every tensor group a stage holds; a tied embedding is
+    copied to the last stage as its LM head when that stage is not also the first."""
+    out = [(t, n) for t, n in groups
+           if (t.layer == -1 and first) or (t.layer == spec.layers and last) or lo <= t.layer < hi]
+    if spec.tied_embeddings and last and not first:
+        emb = next(t for t, _ in groups if t.role == "embedding")
+        out.append((Tensor("lm_head.weight", emb.shape, "lm_head", "vocab", spec.layers), 1))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _stage_weights(spec: ModelSpec, fmt: WeightFormat, tp: int, eng: EngineProfile, base: int,
+                   quantize_lm_head: bool, lo: int, hi: int, first: bool,
+                   last: bool) -> tuple[dict[str, int], int]:
+    """Weight bytes of one rank of a stage by role, and the largest quantized linear shard
+    (elements). Cached: capacity searches and sweeps vary only the workload."""
+    detail: dict[str, int] = {}
+    largest = 0
+    for t, count in _held(spec, tensor_groups(spec), lo, hi, first, last):
+        shape = _shard_shape(t, spec, tp, eng)
+        role = "quantized" if (fmt.quantized and t.role in QUANTIZED_ROLES) else t.role
+        detail[role] = detail.get(role, 0) + count * tensor_bytes(t, shape, fmt, base,
+                                                                  quantize_lm_head)
         if t.role in QUANTIZED_ROLES and len(shape) == 2:
-            best = max(best, shape[0] * shape[1])
-    return best
+            largest = max(largest, shape[0] * shape[1])
+    return detail, largest
+
+
+def _stored_stage_weights(spec: ModelSpec, tp: int, eng: EngineProfile, stored: dict[str, int],
+                          lo: int, hi: int, first: bool, last: bool) -> tuple[dict[str, int], int]:
+    """As _stage_weights, with each tensor's bytes taken from a checkpoint (shard = its share)."""
+    detail: dict[str, int] = {}
+    singles = [(t, 1) for t in inventory(spec)]
+    for t, _ in _held(spec, singles, lo, hi, first, last):
+        shape = _shard_shape(t, spec, tp, eng)
+        b = stored[t.name if t.name in stored else "model.embed_tokens.weight"]
+        nbytes = -(-b * math.prod(shape) // t.numel)
+        detail[t.role] = detail.get(t.role, 0) + nbytes
+    return detail, 0
 
 
 # -- the estimate ------------------------------------------------------------------------------
@@ -303,7 +338,6 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
 
     base = 4 if fmt.key == "fp32" else 2  # unquantized tensors: fp32, else fp16/bf16
     act = 4 if fmt.key == "fp32" else 2
-    inv = inventory(spec)
     vocab_pad = padded_vocab(spec, tp, eng)
     stages = stage_layers(spec.layers, pp)
 
@@ -337,27 +371,11 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
     ranks: list[RankMemory] = []
     for stage, (lo, hi) in enumerate(stages):
         first, last = stage == 0, stage == pp - 1
-        held: list[tuple[Tensor, tuple[int, ...]]] = []
-        for t in inv:
-            if (t.layer == -1 and first) or (t.layer == spec.layers and last) or lo <= t.layer < hi:
-                held.append((t, _shard_shape(t, spec, tp, eng)))
-        if spec.tied_embeddings and last and not first:
-            # The last stage needs its own copy of the tied matrix as the LM head.
-            emb = next(t for t in inv if t.role == "embedding")
-            held.append((Tensor("lm_head.weight", emb.shape, "lm_head", "vocab", spec.layers),
-                         _shard_shape(emb, spec, tp, eng)))
-        wdetail: dict[str, int] = {}
-        for t, shape in held:
-            if stored is not None:
-                role = t.role
-                n_shard = math.prod(shape)
-                b = stored[t.name if t.name in stored else "model.embed_tokens.weight"]
-                nbytes = b * n_shard // t.numel if (b * n_shard) % t.numel == 0 else \
-                    -(-b * n_shard // t.numel)
-            else:
-                role = "quantized" if (fmt.quantized and t.role in QUANTIZED_ROLES) else t.role
-                nbytes = tensor_bytes(t, shape, fmt, base, quantize_lm_head)
-            wdetail[role] = wdetail.get(role, 0) + nbytes
+        if stored is not None:
+            wdetail, largest = _stored_stage_weights(spec, tp, eng, stored, lo, hi, first, last)
+        else:
+            wdetail, largest = _stage_weights(spec, fmt, tp, eng, base, quantize_lm_head,
+                                              lo, hi, first, last)
         w_bytes = sum(wdetail.values())
 
         n_layers = hi - lo
@@ -372,7 +390,7 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                 best, best_detail = peak, det
         if stored is None and fmt.quantized and not eng.is_fused(fmt.key, device):
             scratch_bytes = 4 if device == "cpu" else act  # the CPU reference dequantizes to fp32
-            best_detail["dequant_scratch"] = _largest_linear_shard(held) * scratch_bytes
+            best_detail["dequant_scratch"] = largest * scratch_bytes
             best += best_detail["dequant_scratch"]
 
         if device == "cpu":
@@ -394,7 +412,7 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                         "activations": dict(best_detail), "overhead": dict(over)}))
     busiest = max(hi - lo for lo, hi in stages)
     return Estimate(spec=spec, weights=fmt, kv=kvf, tp=tp, pp=pp, workload=wl, engine=eng,
-                    device=device, ranks=ranks, params=sum(t.numel for t in inv),
+                    device=device, ranks=ranks, params=param_count(spec),
                     kv_bytes_per_token=busiest * per_token_layer, warnings=warnings)
 
 

@@ -13,6 +13,7 @@ GPT-2's Conv1D included.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -315,8 +316,13 @@ def _attention(prefix: str, spec: ModelSpec, i: int) -> list[Tensor]:
             + _linear(f"{prefix}.o_proj", h, q, "row", i, spec.o_bias))
 
 
-def inventory(spec: ModelSpec) -> list[Tensor]:
-    """Every tensor of the model, in checkpoint order."""
+@functools.lru_cache(maxsize=64)
+def inventory(spec: ModelSpec) -> tuple[Tensor, ...]:
+    """Every tensor of the model, in checkpoint order (cached; a tuple, so callers cannot edit it)."""
+    return tuple(_inventory(spec))
+
+
+def _inventory(spec: ModelSpec) -> list[Tensor]:
     L, h = spec.layers, spec.hidden
     out: list[Tensor] = [Tensor("model.embed_tokens.weight", (spec.vocab, h), "embedding",
                                 "vocab", -1)]
@@ -350,6 +356,21 @@ def inventory(spec: ModelSpec) -> list[Tensor]:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def tensor_groups(spec: ModelSpec) -> tuple[tuple[Tensor, int], ...]:
+    """The inventory with identical tensors of a layer (same role, split, shape and dtype: the
+    experts of an MoE layer) folded into (representative, count): the memory model's fast path."""
+    groups: dict[tuple, list] = {}
+    for t in inventory(spec):
+        key = (t.layer, t.role, t.split, t.shape, t.dtype)
+        if key in groups:
+            groups[key][1] += 1
+        else:
+            groups[key] = [t, 1]
+    return tuple((t, n) for t, n in groups.values())
+
+
+@functools.lru_cache(maxsize=64)
 def param_count(spec: ModelSpec) -> int:
     """Parameters of the model, from the inventory."""
     return sum(t.numel for t in inventory(spec))
