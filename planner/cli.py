@@ -12,8 +12,10 @@ import sys
 from typing import Callable, Sequence
 
 from planner import __version__
-from planner.errors import InputError, PlannerError
+from planner.errors import DoesNotFit, InfeasibleError, InputError, PlannerError
 from planner.units import fmt_bytes, fmt_count, parse_tokens
+
+OBJECTIVES = ("quality", "gpus", "cost", "throughput")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +62,29 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="where the ranks run (cpu: no CUDA context)")
     p.add_argument("--quantize-lm-head", action="store_true",
                    help="store the LM head in the weight format too (default: fp16/bf16)")
+
+
+def _add_search_workload_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", "-b", type=_tokens("--batch"), default=1, help="sequences per batch")
+    p.add_argument("--prompt-tokens", type=_tokens("--prompt-tokens"), default=None,
+                   help="prompt tokens per sequence (default 2048)")
+    p.add_argument("--new-tokens", type=_tokens("--new-tokens", 0), default=None,
+                   help="generated tokens per sequence (default 256)")
+    p.add_argument("--context", type=_tokens("--context"), default=None,
+                   help="prompt + new tokens")
+
+
+def _add_search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", "-g", required=True,
+                   help="GPU set: 4x3090, 8xA100-40G, h100:8, 2x4090+1x3090, local, cpu, cpu:N")
+    p.add_argument("--engine", "-e", default="runtime",
+                   help="engine profile: runtime, vllm, transformers, llama.cpp")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="fraction of each GPU the engine may use (vLLM; default 0.9 for vllm)")
+    p.add_argument("--block-size", type=_tokens("--block-size"), default=None,
+                   help="paged KV block size in tokens (vLLM; default 16)")
+    p.add_argument("--quantize-lm-head", action="store_true",
+                   help="store the LM head in the weight format too")
 
 
 def _workload(args: argparse.Namespace):
@@ -216,6 +241,382 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- recommend / capacity / sweep -------------------------------------------------------------
+
+def _problem(args: argparse.Namespace, spec, workload=None):
+    from planner.hardware import parse_gpu_set
+    from planner.search import make_problem
+
+    gpuset = parse_gpu_set(args.gpus)
+    return gpuset, make_problem(spec, gpuset, workload or _workload(args), args.engine,
+                                args.quantize_lm_head,
+                                getattr(args, "gpu_memory_utilization", None),
+                                getattr(args, "block_size", None))
+
+
+def _split_keys(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise InputError(f"empty format list {text!r}")
+    return keys
+
+
+def _gpu_line(gpuset, p) -> str:
+    w = p.workload
+    return (f"{gpuset.describe()} · engine {p.engine.name} · batch {w.batch} · prompt "
+            f"{w.prompt_tokens} + new {w.new_tokens} tokens")
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from planner.search import search, smallest_shortfall
+
+    weights, kv = _split_keys(args.weights), _split_keys(args.kv_cache)
+    if args.model is None:
+        if args.output:
+            raise InputError("-o/--output writes one model's plan: give --model")
+        return _recommend_all(args, weights, kv)
+    from planner.sources import resolve
+
+    src = resolve(args.model)
+    gpuset, p = _problem(args, src.spec)
+    plans, rejected = search(p, weights, kv, args.objective, args.tp, args.pp,
+                             finish_top=None if args.json else args.top)
+    doc = {"model": {"name": src.spec.name, "source": {"kind": src.kind, "path": src.path}},
+           "gpus": gpuset.describe(), "objective": args.objective, "engine": p.engine.name,
+           "plans": [c.to_json() for c in plans],
+           "rejected": [r.to_json() for r in rejected]}
+    if not plans:
+        near = smallest_shortfall(rejected)
+        _emit(args, doc, lambda: render_rejected(src.spec.name, gpuset, p, rejected, args))
+        if near is None:
+            raise InfeasibleError(f"no layout of {src.spec.name} can run on {gpuset.describe()}: "
+                                  f"{rejected[0].reason if rejected else 'no candidates'}")
+        raise DoesNotFit(f"nothing fits {src.spec.name} on {gpuset.describe()}; closest: "
+                         f"{near.weights} · KV {near.kv} · TP {near.tp} · PP {near.pp} needs "
+                         f"{fmt_bytes(near.shortfall_bytes)} more on one GPU")
+    if args.output:
+        from planner.plan import plan_document, write_plan
+
+        best = plans[0]
+        write_plan(args.output, plan_document(
+            best.estimate, src, _gpus_doc(gpuset, best),
+            capacity={"max_batch": best.max_batch, "max_context": best.max_context,
+                      "kv_cache_tokens": best.kv_cache_tokens, "kv_blocks": best.kv_blocks},
+            performance=best.roofline.to_json() if best.roofline else None,
+            engine_options=_engine_options(p.engine)), force=args.force)
+    _emit(args, doc, lambda: render_recommend(src.spec, gpuset, p, plans, rejected, args))
+    return 0
+
+
+def _engine_options(eng) -> dict:
+    out = {}
+    if eng.gpu_memory_utilization:
+        out["gpu_memory_utilization"] = eng.gpu_memory_utilization
+    if eng.kv_block_tokens:
+        out["block_size"] = eng.kv_block_tokens
+    return out
+
+
+def _gpus_doc(gpuset, c) -> dict:
+    return {"gpu_set": gpuset.text, "kind": gpuset.kind,
+            "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
+                     for d in c.devices]}
+
+
+def _recommend_all(args: argparse.Namespace, weights, kv) -> int:
+    from planner import catalog
+    from planner.memory import Workload  # noqa: F401  (workload parsed below)
+    from planner.search import search, smallest_shortfall
+    from planner.spec import param_count
+
+    workload = _workload(args)
+    rows = []
+    gpuset = None
+    p = None
+    any_fit = False
+    for entry in sorted(catalog.entries(), key=lambda e: param_count(e.spec)):
+        gpuset, p = _problem(args, entry.spec, workload)
+        plans, rejected = search(p, weights, kv, args.objective, args.tp, args.pp, finish_top=1,
+                                 best_only=True)
+        if plans:
+            any_fit = True
+            rows.append({"model": entry.spec.name, "params": param_count(entry.spec),
+                         "best": plans[0].to_json(), "reason": "fits", "_c": plans[0]})
+        else:
+            near = smallest_shortfall(rejected)
+            if near:
+                reason = (f"does not fit: closest {near.weights} · KV {near.kv} · TP {near.tp} · "
+                          f"PP {near.pp} needs {fmt_bytes(near.shortfall_bytes)} more per GPU")
+            else:
+                reason = rejected[0].reason if rejected else "no candidate layouts"
+            rows.append({"model": entry.spec.name, "params": param_count(entry.spec),
+                         "best": None, "reason": reason, "_c": None})
+    doc = {"gpus": gpuset.describe() if gpuset else args.gpus, "objective": args.objective,
+           "engine": p.engine.name if p else args.engine,
+           "models": [{k: v for k, v in r.items() if k != "_c"} for r in rows]}
+    _emit(args, doc, lambda: render_recommend_all(gpuset, p, rows, args))
+    if not any_fit:
+        raise DoesNotFit(f"no catalog model fits {gpuset.describe()}")
+    return 0
+
+
+def render_recommend_all(gpuset, p, rows, args) -> str:
+    head = (f"Best plan per catalog model on {_gpu_line(gpuset, p)} · objective "
+            f"{args.objective}\n\n")
+    table = []
+    for r in rows:
+        c = r["_c"]
+        name = r["model"].split("/")[-1]
+        if c is None:
+            table.append([name, fmt_count(r["params"]), r["reason"], "", "", "", "", ""])
+            continue
+        worst = max(c.estimate.ranks, key=lambda x: x.total)
+        table.append([name, fmt_count(r["params"]), c.label(), str(c.gpus),
+                      f"{fmt_bytes(worst.total)} / {fmt_bytes(min(c.usable))}",
+                      f"{c.max_batch:,}", f"{c.max_context:,}",
+                      f"{c.roofline.decode_tokens_per_s:,.1f}"])
+    return head + _table(["model", "params", "best plan", "GPUs", "per-GPU total / usable",
+                          "max batch", "max context", "decode tok/s"], table,
+                         right=(1, 3, 5, 6, 7)) + \
+        ("\n\nmax batch at this context; max context at this batch; decode tok/s is a roofline "
+         "floor (bandwidth-bound), not a benchmark.")
+
+
+def render_recommend(spec, gpuset, p, plans, rejected, args) -> str:
+    out = [f"{spec.name} on {_gpu_line(gpuset, p)} · objective {args.objective}", ""]
+    rows = []
+    for i, c in enumerate(plans[:args.top], 1):
+        worst = max(c.estimate.ranks, key=lambda x: x.total)
+        rows.append([str(i), c.weights.key, c.kv.key, str(c.tp), str(c.pp), str(c.gpus),
+                     fmt_bytes(worst.total), fmt_bytes(c.headroom),
+                     f"{c.max_batch:,}" if c.max_batch is not None else "-",
+                     f"{c.max_context:,}" if c.max_context is not None else "-",
+                     f"{c.roofline.prefill_s:.3g} s", f"{c.roofline.decode_tokens_per_s:,.1f}"])
+    out.append(_table(["#", "weights", "KV", "TP", "PP", "GPUs", "per-GPU total", "headroom",
+                       "max batch", "max context", "prefill", "decode tok/s"], rows,
+                      right=(0, 3, 4, 5, 6, 7, 8, 9, 10, 11)))
+    out.append(f"\n{min(len(plans), args.top)} of {len(plans)} plans that fit; {len(rejected)} "
+               "rejected" + (" (--show-rejected lists them)" if not args.show_rejected else ":"))
+    if args.show_rejected:
+        out += [f"  {r.weights} · KV {r.kv} · TP {r.tp} · PP {r.pp}: {r.reason}" for r in rejected]
+    best = plans[0]
+    out += ["", f"best: {best.label()}", _rank_table(best)]
+    if args.output:
+        out.append(f"\nplan written to {args.output} (planner launch {args.output}; "
+                   f"planner export {args.output} --engine vllm)")
+    return "\n".join(out)
+
+
+def _rank_table(c) -> str:
+    rows = []
+    for r, d, u in zip(c.estimate.ranks, c.devices, c.usable):
+        b = r.bytes()
+        rows.append([str(r.rank), f"{d.index}:{d.profile.name}",
+                     *(fmt_bytes(b[k]) for k in ("weights", "kv_cache", "activations", "overhead",
+                                                 "total")),
+                     fmt_bytes(u), fmt_bytes(u - r.total)])
+    return _table(["rank", "gpu", "weights", "kv_cache", "activations", "overhead", "total",
+                   "usable", "headroom"], rows, right=(2, 3, 4, 5, 6, 7, 8))
+
+
+def render_rejected(name, gpuset, p, rejected, args) -> str:
+    lines = [f"{name} on {_gpu_line(gpuset, p)}: nothing fits", ""]
+    misses = sorted((r for r in rejected if r.shortfall_bytes), key=lambda r: r.shortfall_bytes)
+    for r in misses[:args.top]:
+        lines.append(f"  {r.weights} · KV {r.kv} · TP {r.tp} · PP {r.pp}: short by "
+                     f"{fmt_bytes(r.shortfall_bytes)} on one GPU")
+    return "\n".join(lines)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from planner.memory import Workload
+    from planner.precision import kv_format, weight_format
+    from planner.search import evaluate, finish
+    from planner.sources import resolve
+
+    if (args.context is None) == (args.batch is None):
+        raise InputError("give exactly one of --context N (for the largest batch) or --batch N "
+                         "(for the longest context)")
+    src = resolve(args.model)
+    new = args.new_tokens or 0
+    if args.context is not None:
+        if args.context <= new:
+            raise InputError(f"--context {args.context} leaves no prompt after {new} new tokens")
+        wl = Workload(1, args.context - new, new)
+    else:
+        wl = Workload(args.batch, 1, new)
+    gpuset, p = _problem(args, src.spec, wl)
+    c = evaluate(p, weight_format(args.weights), kv_format(args.kv_cache), args.tp, args.pp)
+    c.extra["fits_at_minimum"] = c.fits
+    finish(p, c)
+    doc = {"model": src.spec.name, "gpus": gpuset.describe(), "engine": p.engine.name,
+           "precision": {"weights": c.weights.key, "kv_cache": c.kv.key}, "tp": c.tp, "pp": c.pp,
+           "context": args.context, "batch": args.batch,
+           "max_batch": c.max_batch or 0, "max_context": c.max_context or 0,
+           "max_context_limited_by_model": c.max_context_limited_by_model,
+           "kv_cache_tokens": c.kv_cache_tokens or 0,
+           "ranks": c.to_json()["ranks"]}
+    if p.engine.kv_block_tokens:
+        doc["kv_blocks"] = c.kv_blocks or 0
+        doc["block_size"] = p.engine.kv_block_tokens
+
+    def text() -> str:
+        lines = [f"{src.spec.name} · {c.label()} on {_gpu_line(gpuset, p)}"]
+        if args.context is not None:
+            lines.append(f"max batch at context {args.context}: {doc['max_batch']:,}")
+        if args.batch is not None:
+            lim = " (the model's own limit)" if c.max_context_limited_by_model else ""
+            lines.append(f"max context at batch {args.batch}: {doc['max_context']:,} tokens{lim}")
+        lines.append(f"KV-cache budget: {doc['kv_cache_tokens']:,} tokens"
+                     + (f" = {doc['kv_blocks']:,} blocks of {p.engine.kv_block_tokens}"
+                        if "kv_blocks" in doc else ""))
+        return "\n".join(lines)
+
+    _emit(args, doc, text)
+    if not c.fits:
+        raise DoesNotFit(f"{src.spec.name} with {c.label()} does not fit {gpuset.describe()} even "
+                         f"at batch 1: short by {fmt_bytes(-c.headroom)} on one GPU")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from planner.memory import Workload, estimate
+    from planner.precision import kv_format, weight_format
+    from planner.sources import resolve
+
+    src = resolve(args.model)
+    batches = [parse_tokens(b, "--batch") for b in args.batch.split(",")]
+    contexts = [parse_tokens(c, "--context") for c in args.context.split(",")]
+    fmts = [weight_format(k) for k in _split_keys(args.weights)]
+    kvfs = [kv_format(k) for k in _split_keys(args.kv_cache)]
+    new = args.new_tokens or 0
+    for ctx in contexts:
+        if ctx <= new:
+            raise InputError(f"--context {ctx} leaves no prompt after {new} new tokens")
+    usable = None
+    p = None
+    if args.gpus:
+        from planner.search import usable_bytes
+
+        gpuset, p = _problem(args, src.spec, Workload(1, 1, 0))
+        usable = [usable_bytes(d, p.engine) for d in p.devices[:args.tp * args.pp]]
+        if len(usable) < args.tp * args.pp:
+            raise InputError(f"TP {args.tp} × PP {args.pp} needs {args.tp * args.pp} GPUs; "
+                             f"{args.gpus} has {len(usable)}")
+    rows = []
+    for f in fmts:
+        for k in kvfs:
+            for b in batches:
+                for ctx in contexts:
+                    est = estimate(src.spec, f, k, args.tp, args.pp, Workload(b, ctx - new, new),
+                                   args.engine, "cpu" if (p and p.kind == "cpu") else "cuda",
+                                   args.quantize_lm_head)
+                    worst = max(r.total for r in est.ranks)
+                    row = {"weights": f.key, "kv_cache": k.key, "batch": b, "context": ctx,
+                           "total_bytes": worst, "weights_bytes": est.ranks[0].weights,
+                           "kv_cache_bytes": max(r.kv_cache for r in est.ranks)}
+                    if usable is not None:
+                        row["fits"] = all(r.total <= u for r, u in zip(est.ranks, usable))
+                    rows.append(row)
+    doc = {"model": src.spec.name, "engine": args.engine, "tp": args.tp, "pp": args.pp,
+           "new_tokens": new, "gpus": args.gpus, "rows": rows}
+    if args.json:
+        _emit(args, doc, str)
+        return 0
+    sys.stdout.write(render_sweep(doc, batches, contexts, args.format) + "\n")
+    return 0
+
+
+def render_sweep(doc: dict, batches, contexts, style: str) -> str:
+    """The RPTQ table's shape: one row per (weights, KV) pair, one column per (batch, context)
+    cell, each the busiest rank's total in GiB (✗ where it does not fit the --gpus set)."""
+    import csv
+    import io
+
+    cols = [(b, c) for b in batches for c in contexts]
+    index = {(r["weights"], r["kv_cache"], r["batch"], r["context"]): r for r in doc["rows"]}
+    pairs = list(dict.fromkeys((r["weights"], r["kv_cache"]) for r in doc["rows"]))
+    if style == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["weights", "kv_cache", "batch", "context", "total_bytes", "fits"])
+        for r in doc["rows"]:
+            w.writerow([r["weights"], r["kv_cache"], r["batch"], r["context"], r["total_bytes"],
+                        r.get("fits", "")])
+        return buf.getvalue().rstrip("\n")
+
+    def cell(r) -> str:
+        txt = f"{r['total_bytes'] / 2**30:.1f}"
+        return txt + (" ✗" if r.get("fits") is False else "")
+
+    headers = ["weights", "KV"] + [f"b{b}·{c}" for b, c in cols]
+    body = [[w, k] + [cell(index[(w, k, b, c)]) for b, c in cols] for w, k in pairs]
+    title = (f"{doc['model']} · engine {doc['engine']} · TP {doc['tp']} · PP {doc['pp']} · "
+             f"GiB per GPU (busiest rank), batch · context")
+    if style == "markdown":
+        lines = ["| " + " | ".join(headers) + " |",
+                 "| " + " | ".join(["---"] * 2 + ["---:"] * len(cols)) + " |"]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return f"{title}\n\n" + "\n".join(lines)
+    return title + "\n\n" + _table(headers, body, right=tuple(range(2, len(headers))))
+
+
+# -- export / gpus ------------------------------------------------------------------------------
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from planner.export import export_command, render
+    from planner.plan import load_plan
+
+    plan = load_plan(args.plan)
+    argv, notes = export_command(plan, args.engine)
+    doc = {"engine": args.engine, "argv": argv, "command": render(argv), "notes": notes}
+    _emit(args, doc, lambda: "\n".join([render(argv), *(f"# {n}" for n in notes)]))
+    return 0
+
+
+def cmd_gpus(args: argparse.Namespace) -> int:
+    from planner import hardware
+
+    if args.detect:
+        gpuset = hardware.detect_local()
+        devs = [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes,
+                 "free_bytes": d.free_bytes} for d in gpuset.devices]
+        _emit(args, {"gpus": devs}, lambda: _table(
+            ["index", "profile", "memory", "free"],
+            [[str(d["index"]), d["name"], fmt_bytes(d["memory_bytes"]),
+              fmt_bytes(d["free_bytes"]) if d["free_bytes"] is not None else "-"] for d in devs],
+            right=(0, 2, 3)))
+        return 0
+    items = []
+    for g in hardware.profiles():
+        items.append({"name": g.name, "aliases": list(g.aliases), "vendor": g.vendor,
+                      "memory_bytes": g.memory_bytes,
+                      "memory_bandwidth_bytes_per_s": g.memory_bandwidth_bytes_per_s,
+                      "flops_per_s": dict(g.flops_per_s),
+                      "compute_capability": ("%d.%d" % g.compute_capability
+                                             if g.compute_capability else None),
+                      "interconnect": g.interconnect,
+                      "link_bandwidth_bytes_per_s": g.link_bandwidth_bytes_per_s,
+                      "price_per_hour_usd": g.price_per_hour_usd})
+
+    def text() -> str:
+        def tf(v):
+            return f"{v / 1e12:,.0f}" if v else "-"
+        rows = [[i["name"], fmt_bytes(i["memory_bytes"]),
+                 f"{i['memory_bandwidth_bytes_per_s'] / 1e9:,.0f}",
+                 tf(i["flops_per_s"].get("fp16")), tf(i["flops_per_s"].get("fp8")),
+                 i["compute_capability"] or "-", i["interconnect"],
+                 f"{i['price_per_hour_usd']:.2f}" if i["price_per_hour_usd"] is not None else "-"]
+                for i in items]
+        return _table(["gpu", "memory", "GB/s", "fp16 TFLOPS", "fp8 TFLOPS", "cc", "link",
+                       "$/h"], rows, right=(1, 2, 3, 4, 7))
+
+    _emit(args, {"gpus": items}, text)
+    return 0
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,6 +635,79 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("--json", action="store_true", help="one JSON document on stdout")
     i.set_defaults(func=cmd_inspect)
+
+    r = sub.add_parser("recommend", help="the best layouts for a model (or every catalog model) on "
+                                         "a GPU set")
+    r.add_argument("--model", "-m", default=None,
+                   help="catalog name or path; omit to answer for every catalog model")
+    _add_search_args(r)
+    _add_search_workload_args(r)
+    r.add_argument("--weights", "-w", default=None,
+                   help="comma-separated weight formats to consider (default: the engine's)")
+    r.add_argument("--kv-cache", default=None, help="comma-separated KV formats to consider")
+    r.add_argument("--tp", type=_tokens("--tp"), default=None, help="only this TP degree")
+    r.add_argument("--pp", type=_tokens("--pp"), default=None, help="only this PP degree")
+    r.add_argument("--objective", choices=OBJECTIVES, default="quality",
+                   help="rank by quality (lossless formats first, default), gpus (fewest), cost "
+                        "(per token) or throughput (decode tokens/s)")
+    r.add_argument("--top", type=_tokens("--top"), default=10, help="plans to show (default 10)")
+    r.add_argument("--show-rejected", action="store_true", help="list rejected candidates")
+    r.add_argument("-o", "--output", default=None, help="write the best plan to this YAML file")
+    r.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    r.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    r.set_defaults(func=cmd_recommend)
+
+    c = sub.add_parser("capacity", help="largest batch at a context, or longest context at a batch")
+    _add_model_args(c)
+    _add_search_args(c)
+    c.add_argument("--weights", "-w", default="fp16", help="weight format")
+    c.add_argument("--kv-cache", default="fp16", help="KV-cache format")
+    c.add_argument("--tp", type=_tokens("--tp"), default=1, help="tensor-parallel degree")
+    c.add_argument("--pp", type=_tokens("--pp"), default=1, help="pipeline-parallel degree")
+    c.add_argument("--context", type=_tokens("--context"), default=None,
+                   help="context per sequence: answer the largest batch")
+    c.add_argument("--batch", type=_tokens("--batch"), default=None,
+                   help="batch: answer the longest context")
+    c.add_argument("--new-tokens", type=_tokens("--new-tokens", 0), default=0,
+                   help="generated tokens included in the context (default 0)")
+    c.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    c.set_defaults(func=cmd_capacity)
+
+    w = sub.add_parser("sweep", help="memory over batch × context × formats (the RPTQ table)")
+    _add_model_args(w)
+    w.add_argument("--gpus", "-g", default=None, help="mark cells that do not fit this GPU set")
+    w.add_argument("--batch", default="1,8,64", help="comma-separated batch sizes")
+    w.add_argument("--context", default="2048,4096,8192", help="comma-separated contexts")
+    w.add_argument("--weights", "-w", default="fp16,int8,int4", help="comma-separated formats")
+    w.add_argument("--kv-cache", default="fp16", help="comma-separated KV formats")
+    w.add_argument("--new-tokens", type=_tokens("--new-tokens", 0), default=0)
+    w.add_argument("--tp", type=_tokens("--tp"), default=1)
+    w.add_argument("--pp", type=_tokens("--pp"), default=1)
+    w.add_argument("--engine", "-e", default="runtime")
+    w.add_argument("--quantize-lm-head", action="store_true")
+    w.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
+    w.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    w.set_defaults(func=cmd_sweep, gpu_memory_utilization=None, block_size=None)
+
+    x = sub.add_parser("export", help="a plan file as a vLLM / SGLang / TensorRT-LLM / llama.cpp "
+                                      "launch command")
+    x.add_argument("plan")
+    x.add_argument("--engine", "-e", required=True, choices=("vllm", "sglang", "trtllm",
+                                                             "llama.cpp"))
+    x.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    x.set_defaults(func=cmd_export)
+
+    gp = sub.add_parser("gpus", help="hardware profiles; --detect shows what NVML sees")
+    gp.add_argument("--detect", action="store_true", help="list this machine's GPUs through NVML")
+    gp.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    gp.set_defaults(func=cmd_gpus)
+
+    try:
+        from planner.launch import add_parser as add_launch
+    except ImportError:  # the runtime's launcher is optional until it lands
+        add_launch = None
+    if add_launch is not None:
+        add_launch(sub)
 
     m = sub.add_parser("models", help="the built-in model catalog")
     m.add_argument("--json", action="store_true", help="one JSON document on stdout")

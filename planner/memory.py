@@ -269,32 +269,53 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
     return sum(peak.values()), {f"{name}.{k}": v for k, v in peak.items()}
 
 
-def _held(spec: ModelSpec, groups, lo: int, hi: int, first: bool, last: bool):
-    """(representative tensor, count) of every tensor group a stage holds; a tied embedding is
-    copied to the last stage as its LM head when that stage is not also the first."""
-    out = [(t, n) for t, n in groups
-           if (t.layer == -1 and first) or (t.layer == spec.layers and last) or lo <= t.layer < hi]
-    if spec.tied_embeddings and last and not first:
-        emb = next(t for t, _ in groups if t.role == "embedding")
-        out.append((Tensor("lm_head.weight", emb.shape, "lm_head", "vocab", spec.layers), 1))
-    return out
+def _tied_head(spec: ModelSpec) -> Tensor:
+    """The LM head a later pipeline stage holds as its own copy of a tied embedding."""
+    return Tensor("lm_head.weight", (spec.vocab, spec.hidden), "lm_head", "vocab", spec.layers)
 
 
 @functools.lru_cache(maxsize=4096)
-def _stage_weights(spec: ModelSpec, fmt: WeightFormat, tp: int, eng: EngineProfile, base: int,
-                   quantize_lm_head: bool, lo: int, hi: int, first: bool,
-                   last: bool) -> tuple[dict[str, int], int]:
-    """Weight bytes of one rank of a stage by role, and the largest quantized linear shard
-    (elements). Cached: capacity searches and sweeps vary only the workload."""
+def _class_weights(spec: ModelSpec, cls: str, fmt: WeightFormat, tp: int, eng: EngineProfile,
+                   base: int, quantize_lm_head: bool) -> tuple[tuple[tuple[str, int], ...], int]:
+    """Bytes by role of one rank's shard of one layer class (pre, dense, moe, post, tied_head),
+    and its largest quantized linear shard (elements)."""
+    groups = ((_tied_head(spec), 1),) if cls == "tied_head" else tensor_groups(spec)[cls]
     detail: dict[str, int] = {}
     largest = 0
-    for t, count in _held(spec, tensor_groups(spec), lo, hi, first, last):
+    for t, count in groups:
         shape = _shard_shape(t, spec, tp, eng)
         role = "quantized" if (fmt.quantized and t.role in QUANTIZED_ROLES) else t.role
         detail[role] = detail.get(role, 0) + count * tensor_bytes(t, shape, fmt, base,
                                                                   quantize_lm_head)
         if t.role in QUANTIZED_ROLES and len(shape) == 2:
             largest = max(largest, shape[0] * shape[1])
+    return tuple(detail.items()), largest
+
+
+def _stage_weights(spec: ModelSpec, fmt: WeightFormat, tp: int, eng: EngineProfile, base: int,
+                   quantize_lm_head: bool, lo: int, hi: int, first: bool,
+                   last: bool) -> tuple[dict[str, int], int]:
+    """Weight bytes of one rank of a stage by role, and the largest quantized linear shard
+    (elements): embeddings on the first stage, final norm and LM head on the last (a tied
+    embedding copied there when it is not also the first), and its blocks by class."""
+    counts: dict[str, int] = {}
+    if first:
+        counts["pre"] = 1
+    if last:
+        counts["post"] = 1
+        if spec.tied_embeddings and not first:
+            counts["tied_head"] = 1
+    moe_blocks = max(0, hi - max(lo, spec.dense_layers)) if spec.moe else 0
+    counts["moe"], counts["dense"] = moe_blocks, hi - lo - moe_blocks
+    detail: dict[str, int] = {}
+    largest = 0
+    for cls, n in counts.items():
+        if not n:
+            continue
+        items, big = _class_weights(spec, cls, fmt, tp, eng, base, quantize_lm_head)
+        for role, b in items:
+            detail[role] = detail.get(role, 0) + n * b
+        largest = max(largest, big)
     return detail, largest
 
 
@@ -302,8 +323,11 @@ def _stored_stage_weights(spec: ModelSpec, tp: int, eng: EngineProfile, stored: 
                           lo: int, hi: int, first: bool, last: bool) -> tuple[dict[str, int], int]:
     """As _stage_weights, with each tensor's bytes taken from a checkpoint (shard = its share)."""
     detail: dict[str, int] = {}
-    singles = [(t, 1) for t in inventory(spec)]
-    for t, _ in _held(spec, singles, lo, hi, first, last):
+    held = [t for t in inventory(spec)
+            if (t.layer == -1 and first) or (t.layer == spec.layers and last) or lo <= t.layer < hi]
+    if spec.tied_embeddings and last and not first:
+        held.append(_tied_head(spec))
+    for t in held:
         shape = _shard_shape(t, spec, tp, eng)
         b = stored[t.name if t.name in stored else "model.embed_tokens.weight"]
         nbytes = -(-b * math.prod(shape) // t.numel)

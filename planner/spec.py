@@ -356,18 +356,36 @@ def _inventory(spec: ModelSpec) -> list[Tensor]:
     return out
 
 
+def layer_class(spec: ModelSpec, layer: int) -> str:
+    """Which kind of slot a tensor's layer index is: ``pre`` (embeddings), ``post`` (final norm, LM
+    head), ``moe`` or ``dense`` (transformer blocks, identical within a kind)."""
+    if layer < 0:
+        return "pre"
+    if layer >= spec.layers:
+        return "post"
+    return "moe" if spec.is_moe_layer(layer) else "dense"
+
+
 @functools.lru_cache(maxsize=64)
-def tensor_groups(spec: ModelSpec) -> tuple[tuple[Tensor, int], ...]:
-    """The inventory with identical tensors of a layer (same role, split, shape and dtype: the
-    experts of an MoE layer) folded into (representative, count): the memory model's fast path."""
-    groups: dict[tuple, list] = {}
+def tensor_groups(spec: ModelSpec) -> dict[str, tuple[tuple[Tensor, int], ...]]:
+    """The inventory folded for the memory model's fast path: for each layer class (see
+    layer_class), the tensors of ONE such layer with identical tensors (same role, split, shape and
+    dtype: the experts of an MoE layer) merged into (representative, count). Blocks of one class
+    hold the same tensors, so a stage's bytes are a count of blocks per class times these."""
+    first_of: dict[str, int] = {}
+    groups: dict[str, dict[tuple, list]] = {"pre": {}, "dense": {}, "moe": {}, "post": {}}
     for t in inventory(spec):
-        key = (t.layer, t.role, t.split, t.shape, t.dtype)
-        if key in groups:
-            groups[key][1] += 1
+        cls = layer_class(spec, t.layer)
+        if cls in ("dense", "moe"):
+            if first_of.setdefault(cls, t.layer) != t.layer:
+                continue  # every block of a class repeats the first one
+        key = (t.role, t.split, t.shape, t.dtype)
+        g = groups[cls]
+        if key in g:
+            g[key][1] += 1
         else:
-            groups[key] = [t, 1]
-    return tuple((t, n) for t, n in groups.values())
+            g[key] = [t, 1]
+    return {cls: tuple((t, n) for t, n in g.values()) for cls, g in groups.items()}
 
 
 @functools.lru_cache(maxsize=64)
@@ -376,6 +394,7 @@ def param_count(spec: ModelSpec) -> int:
     return sum(t.numel for t in inventory(spec))
 
 
+@functools.lru_cache(maxsize=64)
 def active_param_count(spec: ModelSpec) -> int:
     """Parameters one token touches (routed experts counted experts_per_token times)."""
     total = 0
