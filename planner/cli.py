@@ -320,7 +320,7 @@ def _engine_options(eng) -> dict:
 
 
 def _gpus_doc(gpuset, c) -> dict:
-    return {"gpu_set": gpuset.text, "kind": gpuset.kind,
+    return {"set": gpuset.text,
             "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
                      for d in c.devices]}
 
@@ -365,23 +365,29 @@ def _recommend_all(args: argparse.Namespace, weights, kv) -> int:
 def render_recommend_all(gpuset, p, rows, args) -> str:
     head = (f"Best plan per catalog model on {_gpu_line(gpuset, p)} · objective "
             f"{args.objective}\n\n")
-    table = []
+    table, notes = [], []
     for r in rows:
         c = r["_c"]
         name = r["model"].split("/")[-1]
         if c is None:
-            table.append([name, fmt_count(r["params"]), r["reason"], "", "", "", "", ""])
+            table.append([name, fmt_count(r["params"]), "does not fit", "-", "-", "-", "-", "-",
+                          "-", "-"])
+            notes.append(f"{name} {r['reason']}" if r["reason"].startswith("does not fit")
+                         else f"{name}: {r['reason']}")
             continue
         worst = max(c.estimate.ranks, key=lambda x: x.total)
-        table.append([name, fmt_count(r["params"]), c.label(), str(c.gpus),
-                      f"{fmt_bytes(worst.total)} / {fmt_bytes(min(c.usable))}",
+        table.append([name, fmt_count(r["params"]), c.weights.key, c.kv.key,
+                      f"{c.tp}×{c.pp}", fmt_bytes(worst.total), fmt_bytes(c.headroom),
                       f"{c.max_batch:,}", f"{c.max_context:,}",
                       f"{c.roofline.decode_tokens_per_s:,.1f}"])
-    return head + _table(["model", "params", "best plan", "GPUs", "per-GPU total / usable",
-                          "max batch", "max context", "decode tok/s"], table,
-                         right=(1, 3, 5, 6, 7)) + \
-        ("\n\nmax batch at this context; max context at this batch; decode tok/s is a roofline "
-         "floor (bandwidth-bound), not a benchmark.")
+    out = head + _table(["model", "params", "weights", "KV", "TP×PP", "per-GPU", "headroom",
+                         "max batch", "max context", "decode tok/s"], table,
+                        right=(1, 4, 5, 6, 7, 8, 9))
+    if notes:
+        out += "\n\n" + "\n".join(notes)
+    return out + ("\n\nper-GPU: the busiest GPU's total; max batch at this context, max context "
+                  "at this batch; decode tok/s: a roofline ceiling from memory bandwidth, not a "
+                  "benchmark. planner recommend --model NAME shows every plan.")
 
 
 def render_recommend(spec, gpuset, p, plans, rejected, args) -> str:
@@ -591,6 +597,8 @@ def cmd_gpus(args: argparse.Namespace) -> int:
         return 0
     items = []
     for g in hardware.profiles():
+        if g.name == "cpu":
+            continue  # its memory is read at run time (--gpus cpu); not a card to list
         items.append({"name": g.name, "aliases": list(g.aliases), "vendor": g.vendor,
                       "memory_bytes": g.memory_bytes,
                       "memory_bandwidth_bytes_per_s": g.memory_bandwidth_bytes_per_s,

@@ -178,8 +178,6 @@ def make_problem(spec: ModelSpec, gpuset, workload: Workload, engine: str | Engi
 
 def _native_check(fmt: WeightFormat, kvf: KVFormat, devices) -> str | None:
     for d in devices:
-        if d.profile.vendor == "cpu":
-            continue
         for key, needs in ((fmt.key, fmt.min_compute_capability),
                            (f"KV {kvf.key}", kvf.min_compute_capability)):
             cc = d.profile.compute_capability
@@ -198,7 +196,7 @@ def evaluate(p: Problem, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
     if n > len(p.devices):
         raise InfeasibleError(f"TP {tp} × PP {pp} needs {n} GPUs; the set has {len(p.devices)}")
     devices = p.devices[:n]
-    why = _native_check(fmt, kvf, devices)
+    why = None if p.kind == "cpu" else _native_check(fmt, kvf, devices)  # CPUs emulate every format
     if why:
         raise InfeasibleError(why)
     est = estimate(p.spec, fmt, kvf, tp, pp, workload or p.workload, p.engine, p.device,
