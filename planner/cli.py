@@ -710,12 +710,14 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true", help="one JSON document on stdout")
     gp.set_defaults(func=cmd_gpus)
 
-    try:
-        from planner.launch import add_parser as add_launch
-    except ImportError:  # the runtime's launcher is optional until it lands
-        add_launch = None
-    if add_launch is not None:
-        add_launch(sub)
+    # launch and tui register themselves; their modules import nothing heavy at this point
+    # (the runtime runs in another process; textual is imported when the TUI starts).
+    import importlib
+    import importlib.util
+
+    for mod in ("planner.launch", "planner.tui"):
+        if importlib.util.find_spec(mod) is not None:
+            importlib.import_module(mod).add_parser(sub)
 
     m = sub.add_parser("models", help="the built-in model catalog")
     m.add_argument("--json", action="store_true", help="one JSON document on stdout")
