@@ -61,8 +61,7 @@ class WeightFormat:
     loss. GLM-130B (seed 000): INT8 matches FP16 (LAMBADA 80.206 both, WikiText-2 perplexity 10.904
     vs 10.901) while per-channel INT4 loses (79.468, 11.167); finer groups and zero points recover
     part of that (FineQuant, seed 001; GPTQ/AWQ group-wise results, seed 002); NF4 sits with the
-    group-wise int4 formats; per-tensor absmax is the seed 002 counter-example and comes last.
-    `planner recommend --quality-from` (measured perplexity) will override this order."""
+    group-wise int4 formats; per-tensor absmax is the seed 002 counter-example and comes last."""
     description: str = ""
     """One line: what it is, with its source."""
     engines: tuple[str, ...] = ()
