@@ -1,0 +1,275 @@
+"""What the TUI computes, without Textual: field validation, the plan search, the capacity map, plan
+documents and export commands. The app runs these in worker threads; tests call them directly.
+
+The search is the one ``planner recommend`` runs (same call, same defaults: every format the
+engine runs when all are allowed), so the plans table holds the same plans in the same order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+from planner.errors import PlannerError
+from planner.units import parse_tokens
+
+TIGHT_FRACTION = 0.10
+"""A capacity-map cell is "tight" when it fits with less than this fraction of usable memory free."""
+
+MAP_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Batch sizes (rows) of the capacity map."""
+
+MAP_COLUMNS = 8
+"""At most this many context columns: powers of two up to the model's max context."""
+
+FIELDS = ("model", "gpus", "batch", "prompt", "new", "weights", "kv", "engine", "objective")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The form, as typed (strings) or picked."""
+
+    model: str = ""
+    gpus: str = ""
+    batch: str = "1"
+    prompt: str = "2048"
+    new: str = "256"
+    weights: tuple[str, ...] | None = None
+    """Allowed weight formats; None = every format the engine runs (recommend's default)."""
+    kv: tuple[str, ...] | None = None
+    """Allowed KV-cache formats; None = the engine's (recommend's default)."""
+    engine: str = "runtime"
+    objective: str = "quality"
+
+
+@dataclass
+class Result:
+    """One recomputation: per-field errors, or the search's plans and rejections."""
+
+    inputs: Inputs
+    errors: dict[str, str] = field(default_factory=dict)
+    """Field name (FIELDS) -> one-line message."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Field name -> what a valid value resolved to (shown dim beside the field)."""
+    source: object | None = None
+    gpuset: object | None = None
+    problem: object | None = None
+    plans: list = field(default_factory=list)
+    rejected: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def weight_choices(engine: str) -> tuple[str, ...]:
+    """Weight formats the search tries for ``engine`` when none are named (recommend's list)."""
+    from planner.search import DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_GGML
+
+    return DEFAULT_WEIGHTS_GGML if engine == "llama.cpp" else DEFAULT_WEIGHTS
+
+
+def kv_choices(engine: str) -> tuple[str, ...]:
+    from planner.engines import engine as get_engine
+    from planner.search import DEFAULT_KV
+
+    try:
+        eng = get_engine(engine)
+    except PlannerError:
+        return DEFAULT_KV
+    return tuple(k for k in DEFAULT_KV if k in eng.kv_formats)
+
+
+def engine_names() -> list[str]:
+    from planner.engines import engines
+
+    return [e.name for e in engines()]
+
+
+def _msg(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def compute(inp: Inputs) -> Result:
+    """Validate every field (each error stays with its field) and, when all are good, search."""
+    from planner.engines import engine as get_engine
+    from planner.hardware import parse_gpu_set
+    from planner.memory import Workload
+    from planner.search import OBJECTIVES, make_problem, search
+    from planner.sources import resolve
+    from planner.spec import param_count
+    from planner.units import fmt_count
+
+    res = Result(inp)
+    text = inp.model.strip()
+    if not text:
+        res.errors["model"] = "type a catalog name or a path (ctrl+o lists the catalog)"
+    else:
+        try:
+            res.source = resolve(os.path.expanduser(text))
+            spec = res.source.spec
+            res.notes["model"] = f"{spec.name} · {fmt_count(param_count(spec))} params"
+        except PlannerError as e:
+            res.errors["model"] = _msg(e)
+        except OSError as e:  # resolve reports its own errors; this is a last guard for odd files
+            res.errors["model"] = f"{text}: cannot read ({e.strerror or e})"
+    try:
+        res.gpuset = parse_gpu_set(inp.gpus)
+        res.notes["gpus"] = res.gpuset.describe()
+    except PlannerError as e:
+        res.errors["gpus"] = _msg(e)
+    numbers = {}
+    for name, what, minimum in (("batch", "batch", 1), ("prompt", "prompt tokens", 1),
+                                ("new", "new tokens", 0)):
+        try:
+            numbers[name] = parse_tokens(getattr(inp, name), what, minimum)
+        except PlannerError as e:
+            res.errors[name] = _msg(e)
+    try:
+        get_engine(inp.engine)
+    except PlannerError as e:
+        res.errors["engine"] = _msg(e)
+    if inp.objective not in OBJECTIVES:
+        res.errors["objective"] = f"unknown objective {inp.objective!r}"
+    if inp.weights is not None and not inp.weights:
+        res.errors["weights"] = "allow at least one weight format"
+    if inp.kv is not None and not inp.kv:
+        res.errors["kv"] = "allow at least one KV-cache format"
+    if res.errors:
+        return res
+    wl = Workload(numbers["batch"], numbers["prompt"], numbers["new"])
+    try:
+        res.problem = make_problem(res.source.spec, res.gpuset, wl, inp.engine)
+        res.plans, res.rejected = search(
+            res.problem, list(inp.weights) if inp.weights is not None else None,
+            list(inp.kv) if inp.kv is not None else None, inp.objective, None, None,
+            finish_top=None)
+    except PlannerError as e:
+        res.errors["model"] = _msg(e)
+    return res
+
+
+# -- capacity map --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CapacityMap:
+    """fits / tight / no for each (batch, context) cell of one plan's layout."""
+
+    batches: tuple[int, ...]
+    contexts: tuple[int, ...]
+    cells: tuple[tuple[str, ...], ...]
+    """cells[i][j] for batches[i] × contexts[j]: "fits", "tight" or "no"."""
+    current: tuple[int, int]
+    """The workload's batch and context (prompt + new)."""
+
+
+def map_contexts(max_context: int, current: int) -> tuple[int, ...]:
+    """Powers of two up to the model's max context (its own value last), at most MAP_COLUMNS."""
+    top = max(max_context, 2)
+    cols = {top}
+    c = 1
+    while c < top:
+        cols.add(c)
+        c *= 2
+    cols = sorted(x for x in cols if x >= 128 or x == top)
+    return tuple(cols[-MAP_COLUMNS:])
+
+
+def cell_state(totals, usable) -> str:
+    """fits, tight (fits with under TIGHT_FRACTION of a rank's usable bytes free) or no."""
+    head = [u - t for t, u in zip(totals, usable)]
+    if min(head) < 0:
+        return "no"
+    if any(h < TIGHT_FRACTION * u for h, u in zip(head, usable)):
+        return "tight"
+    return "fits"
+
+
+def capacity_map(problem, cand) -> CapacityMap:
+    """The batch × context grid for ``cand``'s formats and layout on the problem's devices."""
+    from planner.errors import PlannerError
+    from planner.memory import Workload, estimate
+
+    wl = problem.workload
+    contexts = map_contexts(problem.spec.max_context, wl.context)
+    rows = []
+    for b in MAP_BATCHES:
+        row = []
+        for ctx in contexts:
+            new = min(wl.new_tokens, ctx - 1)
+            try:
+                est = estimate(problem.spec, cand.weights, cand.kv, cand.tp, cand.pp,
+                               Workload(b, ctx - new, new), problem.engine, problem.device,
+                               problem.quantize_lm_head)
+            except PlannerError:
+                row.append("no")
+                continue
+            row.append(cell_state([r.total for r in est.ranks], cand.usable))
+        rows.append(tuple(row))
+    return CapacityMap(MAP_BATCHES, contexts, tuple(rows), (wl.batch, wl.context))
+
+
+# -- plan files and commands -----------------------------------------------------------------------
+
+def gpus_doc(gpuset, cand) -> dict:
+    """The plan's ``gpus`` argument, as ``planner recommend -o`` builds it."""
+    return {"set": gpuset.text,
+            "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
+                     for d in cand.devices]}
+
+
+def engine_options(eng) -> dict:
+    out = {}
+    if eng.gpu_memory_utilization:
+        out["gpu_memory_utilization"] = eng.gpu_memory_utilization
+    if eng.kv_block_tokens:
+        out["block_size"] = eng.kv_block_tokens
+    return out
+
+
+def plan_doc(res: Result, cand) -> dict:
+    """The document ``planner recommend -o`` writes for this candidate."""
+    from planner.plan import plan_document
+
+    return plan_document(
+        cand.estimate, res.source, gpus_doc(res.gpuset, cand),
+        capacity={"max_batch": cand.max_batch, "max_context": cand.max_context,
+                  "kv_cache_tokens": cand.kv_cache_tokens, "kv_blocks": cand.kv_blocks},
+        performance=cand.roofline.to_json() if cand.roofline else None,
+        engine_options=engine_options(res.problem.engine))
+
+
+def save_plan(path: str, res: Result, cand, force: bool = False) -> str:
+    """Write the plan file; returns the path written. InputError if it exists and not ``force``."""
+    from planner.plan import write_plan
+
+    path = os.path.expanduser(path.strip())
+    write_plan(path, plan_doc(res, cand), force=force)
+    return path
+
+
+def default_plan_path(res: Result, cand) -> str:
+    name = res.source.spec.name.split("/")[-1].lower()
+    gpus = "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in res.gpuset.text.lower())
+    return f"{name}-{gpus}-{cand.weights.key}-tp{cand.tp}pp{cand.pp}.plan.yaml"
+
+
+def export_commands(res: Result, cand) -> list[tuple[str, str, list[str]]]:
+    """(engine, command or error, notes) for every ``planner export`` engine."""
+    from planner.export import ENGINES, export_command, render
+    from planner.plan import validate
+
+    plan = validate(plan_doc(res, cand), "plan")
+    out = []
+    for eng in ENGINES:
+        try:
+            argv, notes = export_command(plan, eng)
+            out.append((eng, render(argv), list(notes)))
+        except PlannerError as e:
+            out.append((eng, "", [f"cannot export: {_msg(e)}"]))
+    return out
+
+
+def with_field(inp: Inputs, name: str, value) -> Inputs:
+    return dataclasses.replace(inp, **{name: value})
