@@ -71,6 +71,10 @@ class EngineProfile:
     """Fixed overhead on a CPU rank (the runtime on ``--device cpu``)."""
     cpu_fused_formats: tuple[str, ...] = ()
     """Quantized formats with a packed CPU kernel (no dequantized copy) on ``--device cpu``."""
+    activation_model: str = "phases"
+    """``phases``: the largest of the attention, MLP and LM-head phases, each a sum of its parts;
+    ``runtime``: planner.memory walks this project's runtime forward step allocation by allocation
+    (runtime/model.py), as measured by ``planner launch``."""
 
     def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
         if engines and self.name not in engines:
@@ -110,6 +114,7 @@ _PROFILES = {p.name: p for p in [
         # kernels/: on the CPU only int8 has a packed kernel (torch._weight_int8pack_mm); int4
         # formats run the fp32 dequantize-then-matmul reference (kernels/NOTES.md, "Dispatch").
         cpu_fused_formats=("int8",),
+        activation_model="runtime",
     ),
     EngineProfile(
         name="vllm",

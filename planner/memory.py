@@ -269,6 +269,157 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
     return sum(peak.values()), {f"{name}.{k}": v for k, v in peak.items()}
 
 
+# -- the runtime's own activation model --------------------------------------------------------
+# planner launch measures these (runtime/NOTES.md). runtime/model.py is written so that every
+# transient is known; this walks one forward step of it allocation by allocation and returns the
+# largest set of live transient tensors. Change the two together.
+
+def runtime_act_key(weights: str, kv_cache: str, device: str) -> str:
+    """Activation dtype of the runtime: fp32 plans compute in fp32; on the CPU bf16 (fp16 matmuls
+    without AVX512-FP16 run ~800x slower); on CUDA bf16 if weights or KV are bf16, else fp16."""
+    if weights == "fp32":
+        return "fp32"
+    if device == "cpu":
+        return "bf16"
+    return "bf16" if "bf16" in (weights, kv_cache) else "fp16"
+
+
+def _linear_call(fmt_key: str, quantized: bool, act_key: str, device: str, T: int, n: int, k: int,
+                 bias: bool, group: int, a: int) -> dict[str, int]:
+    """Peak bytes a kernels.matmul call allocates for x [T, k], W [n, k], by part: ``out`` (the
+    result), ``dequant_scratch`` (a dequantized / cast copy of W, or its fp32 reference dequant
+    buffers), ``kernel_tmp`` (other transients of the kernel at its peak)."""
+    out = T * n * a
+    if not quantized:
+        cast = n * k * a if fmt_key != act_key else 0  # w.to(x.dtype) in kernels' torch-linear
+        return {"out": out, "dequant_scratch": cast}
+    if device == "cpu":
+        if fmt_key == "int8":  # torch._weight_int8pack_mm; fp16 scales cast to x's dtype
+            # during the mm; y + bias afterwards (the scale copy is gone by then)
+            return {"out": out, "kernel_tmp": max(n * a if act_key != "fp16" else 0,
+                                                   out if bias else 0)}
+        if fmt_key.startswith("int4"):  # reference: fp32 dequantize (u, u - z, (u - z) * s)
+            groups = k // group if group else 1
+            deq = 12 * n * k + 4 * n * groups
+            mm = 4 * n * k + 4 * T * k + 4 * T * n
+            if bias:
+                mm = max(mm, 4 * n * k + 8 * T * n + 4 * n)
+            peak = max(deq, mm, 4 * n * k + 4 * T * n + out)
+            return {"out": out, "dequant_scratch": peak - out}
+        # other formats take the reference too (not measured yet)
+        return {"out": out, "dequant_scratch": 12 * n * k + 4 * T * k + 4 * T * n}
+    if fmt_key in ("int8", "int4") or fmt_key.startswith("int4-g"):
+        if T <= 16:  # split-K GEMV: fp32 partials [T, n], then the cast (+ bias)
+            return {"out": out, "kernel_tmp": 4 * T * n + (out if bias else 0)}
+        return {"out": out}
+    return {"out": out, "dequant_scratch": n * k * a}  # torch-dequant-mm
+
+
+def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, device: str,
+                             quantize_lm_head: bool, tp: int, T: int, seqs: int, s_q: int, s_kv: int,
+                             vocab_pad: int, has_lm_head: bool,
+                             has_layers: bool) -> tuple[int, dict[str, int]]:
+    act_key = runtime_act_key(fmt.key, kvf.key, device)
+    a = _DTYPE_BYTES[act_key]
+    h, hd = spec.hidden, spec.head_dim
+    heads_r, kv_r = spec.heads // tp, kv_heads_per_rank(spec, tp)
+    group = fmt.group if fmt.granularity == "group" else 0
+
+    def lin(n: int, k: int, bias: bool, role: str = "linear") -> int:
+        q = fmt.quantized and (role in QUANTIZED_ROLES or (role == "lm_head" and quantize_lm_head))
+        key = fmt.key if (role in QUANTIZED_ROLES or q) else act_key
+        return _linear_call(key, q, act_key, device, T, n, k, bias, group, a)
+
+    best: tuple[int, dict[str, int]] = (0, {})
+
+    def at(event: str, parts: dict) -> None:
+        """One moment of the step: the live transients, a linear call's parts as a dict."""
+        nonlocal best
+        flat: dict[str, int] = {}
+        for k, v in parts.items():
+            if isinstance(v, dict):
+                for kk, vv in v.items():
+                    key = ("dequant_scratch" if kk == "dequant_scratch" else
+                           f"{event}.{k}" if kk == "out" else f"{event}.{k}_{kk}")
+                    flat[key] = flat.get(key, 0) + vv
+            else:
+                flat[f"{event}.{k}"] = v
+        total = sum(flat.values())
+        if total > best[0]:
+            best = (total, {k: v for k, v in flat.items() if v})
+
+    H = T * h * a
+    if has_layers:
+        R = s_q * hd * a if spec.rope_theta else 0  # cos and sin, [s_q, hd/2] each
+        if spec.norm == "rmsnorm":
+            # F.rms_norm: CUDA has a fused kernel (output + fp32 rstd per row); on the CPU it
+            # decomposes into x.float(), x.pow(2) (freed after the mean), x * rstd, * weight, all
+            # fp32 [T, h] (x.float() is free for fp32), then the cast back.
+            rms = (T * h * (4 * 3 if a != 4 else 4 * 2) + 4 * T) if device == "cpu" else H + 4 * T
+            at("norm", {"residual": H, "rope": R, "rms_norm": rms})
+        base = {"residual": H, "rope": R, "normed": H}
+        Q, K = T * heads_r * hd * a, T * kv_r * hd * a
+        at("attn.q_proj", {**base, "q_proj": lin(heads_r * hd, h, spec.qkv_bias)})
+        at("attn.k_proj", {**base, "q": Q, "k_proj": lin(kv_r * hd, h, spec.qkv_bias)})
+        at("attn.v_proj", {**base, "q": Q, "k": K, "v_proj": lin(kv_r * hd, h, spec.qkv_bias)})
+        if spec.rope_theta:
+            at("attn.rope", {**base, "q": Q, "k": K, "v": K, "rope_tmp": Q // 2})
+        el = seqs * kv_r * s_q * hd  # elements of K (or V) written this step
+        if kvf.scale_bytes or kvf.key == "fp8":
+            at("attn.kv_write", {**base, "q": Q, "k": K, "v": K, "abs": el * a,
+                                 "quant_fp32": 8 * el})
+        n_kv = seqs * kv_r * s_kv  # cached vectors read (per K or V)
+        kv_act = kvf.key == act_key
+        if kv_act:
+            read = {}
+        elif kvf.key == "int4":
+            read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a,
+                    "unpack": n_kv * (hd + 1) // 2 * 2 + n_kv * hd}
+        else:
+            read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a
+                    if kvf.scale_bytes else 0}
+        lse = seqs * heads_r * s_q * 4 if device == "cpu" else 0
+        at("attn.sdpa", {**base, "q": Q, **{f"kv_{k}": v for k, v in read.items()},
+                         "out": Q, "logsumexp": lse})
+        # row-parallel: the bias is added in place after the all-reduce, not inside the matmul
+        at("attn.o_proj", {**base, "attn_out": Q, "o_proj": lin(h, heads_r * hd, False)})
+
+        def mlp(prefix: str, width: int, role: str, extra: dict[str, int]) -> None:
+            F_ = T * width * a
+            if spec.gated_ffn:
+                at(f"{prefix}.gate_proj", {**base, **extra,
+                                           "gate_proj": lin(width, h, spec.mlp_bias, role)})
+                at(f"{prefix}.up_proj", {**base, **extra, "gate": F_,
+                                         "up_proj": lin(width, h, spec.mlp_bias, role)})
+            else:
+                at(f"{prefix}.up_proj", {**base, **extra,
+                                         "up_proj": lin(width, h, spec.mlp_bias, role)})
+            at(f"{prefix}.down_proj", {**base, **extra, "act": F_,
+                                       "down_proj": lin(h, width, False, role)})
+
+        if spec.moe:
+            E, k = spec.experts, spec.experts_per_token
+            router = {"logits": T * E * a, "probs": T * E * 4}
+            at("moe.router", {**base, **router})
+            extra = {"dense_weights": T * E * a, "moe_out": H}
+            mlp("moe.expert", (spec.expert_ffn or spec.ffn) // tp, "expert", extra)
+        else:
+            mlp("mlp", spec.ffn // tp, "linear", {})
+    if has_lm_head:
+        vr = vocab_pad // tp
+        x = seqs * h * a
+        head_role = "lm_head" if not spec.tied_embeddings else "embedding"
+        logits: dict[str, int] | int = seqs * vr * a
+        if head_role == "lm_head":
+            # the LM head sees one row per sequence; lin() used T rows
+            logits = _linear_call(fmt.key if (fmt.quantized and quantize_lm_head) else act_key,
+                                  fmt.quantized and quantize_lm_head, act_key, device, seqs, vr, h,
+                                  False, group, a)
+        at("lm_head.logits", {"last_normed": x, "logits": logits})
+        at("lm_head.fp32", {"logits": seqs * vr * a, "logits_fp32": seqs * vr * 4})
+    return best
+
+
 def _tied_head(spec: ModelSpec) -> Tensor:
     """The LM head a later pipeline stage holds as its own copy of a tied embedding."""
     return Tensor("lm_head.weight", (spec.vocab, spec.hidden), "lm_head", "vocab", spec.layers)
@@ -408,11 +559,18 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
         has_head = last
         best, best_detail = 0, {}
         for tokens, seqs, s_q, s_kv, logit_rows in steps:
-            peak, det = _activation_peak(spec, eng, tp, act, tokens, seqs, s_q, s_kv, logit_rows,
-                                         vocab_pad, has_head, n_layers > 0)
+            if eng.activation_model == "runtime":
+                peak, det = _runtime_activation_peak(spec, fmt, kvf, device, quantize_lm_head, tp,
+                                                     tokens, seqs, s_q, s_kv, vocab_pad, has_head,
+                                                     n_layers > 0)
+            else:
+                peak, det = _activation_peak(spec, eng, tp, act, tokens, seqs, s_q, s_kv,
+                                             logit_rows, vocab_pad, has_head, n_layers > 0)
             if peak > best:
                 best, best_detail = peak, det
-        if stored is None and fmt.quantized and not eng.is_fused(fmt.key, device):
+        if eng.activation_model == "runtime":
+            pass  # dequantized / cast weight copies are part of each linear call above
+        elif stored is None and fmt.quantized and not eng.is_fused(fmt.key, device):
             scratch_bytes = 4 if device == "cpu" else act  # the CPU reference dequantizes to fp32
             best_detail["dequant_scratch"] = largest * scratch_bytes
             best += best_detail["dequant_scratch"]

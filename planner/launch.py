@@ -1,0 +1,134 @@
+"""``planner launch PLAN``: run a plan in the runtime and report measured memory against the prediction.
+
+The planner never imports the runtime (or torch): this starts ``python -m runtime PLAN`` for one rank,
+or ``python -m torch.distributed.run --nproc-per-node N --standalone -m runtime PLAN`` for N ranks, in
+a new process group, and forwards its exit code. On failure, Ctrl-C or a timeout the whole group is
+killed, so no worker is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from planner.errors import InputError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "launch", help="run a plan with the real kernels and measure memory against the prediction",
+        description=__doc__.split("\n")[0])
+    p.add_argument("plan", help="plan file")
+    p.add_argument("--checkpoint", help="safetensors file/folder or GGUF file (default: the plan's "
+                                        "checkpoint source if it has one, else random weights)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="deterministic random weights even if the plan names a checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="one JSON report on stdout")
+    p.add_argument("--report", help="also write the JSON report to this file")
+    p.add_argument("--force", action="store_true",
+                   help="run even when the prediction exceeds the free memory detected")
+    p.add_argument("--timeout", type=float, default=0,
+                   help="kill every rank after this many seconds (0 = no limit)")
+    p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
+    p.set_defaults(func=cmd_launch)
+
+
+def _device_count(device: str) -> tuple[int, str]:
+    if device == "cpu":
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:
+            n = os.cpu_count() or 1
+        return n, "CPU core(s) available to this process"
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return len([v for v in vis.split(",") if v.strip()]), "GPU(s) in CUDA_VISIBLE_DEVICES"
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+        return len([l for l in out.stdout.splitlines() if l.startswith("GPU ")]), "GPU(s) (nvidia-smi -L)"
+    except (OSError, subprocess.TimeoutExpired):
+        return 0, "GPU(s): nvidia-smi not found"
+
+
+def build_command(plan_path: str, ranks: int, extra: list[str]) -> list[str]:
+    if ranks == 1:
+        return [sys.executable, "-m", "runtime", plan_path, *extra]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(ranks),
+            "--standalone", "-m", "runtime", plan_path, *extra]
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from planner.plan import load_plan
+
+    plan = load_plan(args.plan)
+    ranks = plan.tp * plan.pp
+    have, what = _device_count(plan.device)
+    if ranks > have:
+        raise InputError(f"{args.plan}: the plan needs {ranks} rank(s) (TP {plan.tp} x PP "
+                         f"{plan.pp}) but this host has {have} {what}")
+    extra: list[str] = []
+    for flag in ("checkpoint", "report"):
+        if getattr(args, flag):
+            extra += [f"--{flag}", os.path.abspath(getattr(args, flag))]
+    for flag in ("random_weights", "json", "force"):
+        if getattr(args, flag):
+            extra.append("--" + flag.replace("_", "-"))
+    extra += ["--seed", str(args.seed)]
+    cmd = build_command(os.path.abspath(args.plan), ranks, extra)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    return run_group(cmd, args.timeout or None)
+
+
+def run_group(cmd: list[str], timeout: float | None) -> int:
+    """Run ``cmd`` in its own process group; kill the whole group if it fails, times out or we are
+    interrupted. Returns the exit code (124 on timeout)."""
+    env = dict(os.environ)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("OMP_NUM_THREADS", "1" if "torch.distributed.run" in cmd else env.get(
+        "OMP_NUM_THREADS", str(os.cpu_count() or 1)))
+    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    deadline = time.monotonic() + timeout if timeout else None
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline and time.monotonic() > deadline:
+                    print(f"planner launch: timed out after {timeout:g} s; stopping every rank",
+                          file=sys.stderr)
+                    _kill_group(proc)
+                    return 124
+    except BaseException:
+        _kill_group(proc)
+        raise
+    _kill_group(proc)  # a rank that failed may leave siblings behind; the group goes with it
+    if rc < 0:
+        print(f"planner launch: the runtime was killed by signal {-rc}", file=sys.stderr)
+        return 1
+    return rc
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(50):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,534 @@
+"""A decoder-only transformer built from a ``planner.spec.ModelSpec``, tensor-parallel, with linears held
+in a registry weight format through ``kernels``.
+
+The model is built on the meta device; its ``named_parameters()`` at TP 1 are exactly
+``planner.spec.inventory(spec)`` (names and (out, in) shapes). :func:`materialize` then replaces one
+tensor at a time with real data (deterministic random, or a checkpoint tensor), quantizing linears of
+the quantized roles as it goes, so the fp32 model never exists at once.
+
+Every transient tensor of the forward pass is written to be predictable: norms through the fused
+``F.rms_norm`` / ``F.layer_norm``, RoPE and activations in place, residual adds in place, logits only
+for the last position with a vocab-parallel argmax (no gathered logits). ``planner.memory``'s
+``runtime`` activation model mirrors this file step by step; change both together.
+
+Families built: llama, mistral, qwen2, phi3 (RMSNorm, SwiGLU, RoPE, GQA, QKV biases), opt, gpt2
+(LayerNorm, learned positions, biases, plain MLP), mixtral (MoE, top-k routing). Others are refused.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import kernels
+from planner.precision import QUANTIZED_ROLES
+from planner.spec import ModelSpec
+
+BUILT_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "mixtral")
+NOT_BUILT = {"falcon": "parallel attention/MLP", "bloom": "ALiBi", "glm": "GLM-130B GeGLU",
+             "deepseek_v3": "MLA + shared-expert MoE"}
+
+
+class RuntimeError_(Exception):
+    """A user-facing runtime error (one line; exit 2)."""
+
+
+def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
+    """Raise RuntimeError_ naming why the runtime cannot build this spec."""
+    if spec.family not in BUILT_FAMILIES:
+        what = NOT_BUILT.get(spec.family, spec.family)
+        raise RuntimeError_(f"the runtime does not build the {spec.family} family ({what}) yet; "
+                            f"built: {', '.join(BUILT_FAMILIES)}")
+    if spec.mla or spec.shared_experts or spec.dense_layers or spec.router_bias:
+        raise RuntimeError_(f"{spec.name}: MLA / shared experts / dense MoE layers are not built")
+    if spec.parallel_attn or spec.embed_norm or spec.alibi:
+        raise RuntimeError_(f"{spec.name}: parallel attention, embedding norms and ALiBi are not built")
+    if spec.sliding_window and context > spec.sliding_window:
+        raise RuntimeError_(f"{spec.name}: context {context} exceeds the sliding window "
+                            f"{spec.sliding_window}; the runtime has no ring-buffer KV cache yet")
+    if pp != 1:
+        raise RuntimeError_(f"pipeline parallelism (PP {pp}) is not built in the runtime; use TP")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits: TP rank and degree, formats and dtypes."""
+
+    tp: int = 1
+    rank: int = 0
+    weights: str = "fp16"
+    """Registry key of quantized-role linears."""
+    quantize_lm_head: bool = False
+    act_dtype: torch.dtype = torch.float16
+    """Activation dtype (embeddings, norms, biases, routers too)."""
+    group: object = None
+    """torch.distributed process group (None = TP 1)."""
+
+
+def padded_vocab(vocab: int, tp: int) -> int:
+    """planner.memory.padded_vocab for the runtime profile (multiple of TP)."""
+    return -(-vocab // tp) * tp
+
+
+def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
+    return max(1, spec.kv_heads // tp)
+
+
+def _all_reduce(x: torch.Tensor, lay: Layout) -> None:
+    if lay.tp > 1:
+        import torch.distributed as dist
+        # async + wait + drop the Work: a synchronous call leaves the Work (and its reference to
+        # x) to be collected later, which kept one extra [T, h] tensor alive on some ranks
+        before = x._use_count()
+        work = dist.all_reduce(x, group=lay.group, async_op=True)
+        work.wait()
+        del work
+        # gloo's worker thread drops its reference to x a moment after wait() returns; until it
+        # does, a later free of x is delayed and one extra [T, h] tensor can be alive at the next
+        # peak on some ranks (measured). Wait (bounded) for that reference to go.
+        for _ in range(10000):
+            if x._use_count() <= before:
+                break
+            time.sleep(0)
+
+
+# -- modules -----------------------------------------------------------------------------------
+
+class Linear(nn.Module):
+    """A linear shard: ``weight`` (out, in) as a Parameter on meta; after materialization either a
+    Parameter in the activation dtype (unquantized formats) or the buffers of a PackedWeight."""
+
+    def __init__(self, out_f: int, in_f: int, bias: bool, split: str, role: str, lay: Layout):
+        super().__init__()
+        self.out_f, self.in_f, self.split, self.role = out_f, in_f, split, role
+        self.weight = nn.Parameter(torch.empty(out_f, in_f, device="meta"), requires_grad=False)
+        self.bias = (nn.Parameter(torch.empty(out_f, device="meta"), requires_grad=False)
+                     if bias else None)
+        self.packed: kernels.PackedWeight | None = None
+        quantized = role in QUANTIZED_ROLES or (role == "lm_head" and lay.quantize_lm_head)
+        self.key = lay.weights if quantized else _float_key(lay.act_dtype)
+        self.lay = lay
+
+    def set_weight(self, w: torch.Tensor) -> None:
+        """Store a [out, in] shard (any float dtype) in this linear's format."""
+        packed = kernels.quantize(w.contiguous(), self.key)
+        del self.weight
+        for name, buf in packed.buffers.items():
+            self.register_buffer(f"w_{name}", buf)
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row = self.split == "row"
+        bias = None if (row or self.bias is None) else self.bias
+        y = kernels.matmul(x, self.packed, bias)
+        if row:
+            _all_reduce(y, self.lay)
+            if self.bias is not None:
+                y.add_(self.bias)
+        return y
+
+
+def _float_key(dt: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dt]
+
+
+class Norm(nn.Module):
+    def __init__(self, h: int, kind: str, eps: float):
+        super().__init__()
+        self.kind, self.eps, self.h = kind, eps, h
+        self.weight = nn.Parameter(torch.empty(h, device="meta"), requires_grad=False)
+        self.bias = (nn.Parameter(torch.empty(h, device="meta"), requires_grad=False)
+                     if kind == "layernorm" else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (self.h,), self.weight, self.bias, self.eps)
+        return F.rms_norm(x, (self.h,), self.weight, self.eps)
+
+
+class Embedding(nn.Module):
+    """Vocab-parallel embedding: rank r holds rows [r * V/t, (r+1) * V/t) of the padded vocab."""
+
+    def __init__(self, rows: int, h: int, lay: Layout):
+        super().__init__()
+        self.rows, self.lay = rows, lay
+        self.weight = nn.Parameter(torch.empty(rows, h, device="meta"), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.lay.tp == 1:
+            return F.embedding(ids, self.weight)
+        lo = self.lay.rank * self.rows
+        local = ids - lo
+        outside = (local < 0) | (local >= self.rows)
+        local.masked_fill_(outside, 0)
+        x = F.embedding(local, self.weight)
+        x.masked_fill_(outside.unsqueeze(-1), 0)
+        del local, outside
+        _all_reduce(x, self.lay)
+        return x
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec, lay: Layout):
+        super().__init__()
+        t = lay.tp
+        hd, h = spec.head_dim, spec.hidden
+        self.heads = spec.heads // t
+        self.kv = kv_heads_per_rank(spec, t)
+        self.hd = hd
+        self.q_proj = Linear(self.heads * hd, h, spec.qkv_bias, "column", "linear", lay)
+        self.k_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
+        self.v_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
+        self.o_proj = Linear(h, self.heads * hd, spec.o_bias, "row", "linear", lay)
+
+    def forward(self, x: torch.Tensor, layer: int, cache: "KVCache", pos: int,
+                rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.hd)
+        k = self.k_proj(x).view(b, s, self.kv, self.hd)
+        v = self.v_proj(x).view(b, s, self.kv, self.hd)
+        if rope is not None:
+            _rope_(q, *rope)
+            _rope_(k, *rope)
+        cache.write(layer, pos, k, v)
+        del k, v
+        kc, vc = cache.read(layer, pos + s, q.dtype)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, is_causal=(pos == 0 and s > 1),
+                                           enable_gqa=self.kv != self.heads)
+        del q, kc, vc
+        o = o.transpose(1, 2)
+        if not o.is_contiguous():
+            o = o.contiguous()
+        return self.o_proj(o.view(b, s, self.heads * self.hd))
+
+
+def _rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate x [b, s, heads, hd] in place (HF rotate_half convention); one half-size temporary."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    t = x1 * sin
+    x1.mul_(cos).addcmul_(x2, sin, value=-1)
+    x2.mul_(cos).add_(t)
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec, width: int, role: str, lay: Layout):
+        super().__init__()
+        h, t = spec.hidden, lay.tp
+        self.gated, self.act = spec.gated_ffn, spec.activation
+        if self.gated:
+            self.gate_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
+        self.up_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
+        self.down_proj = Linear(h, width // t, spec.mlp_bias, "row", role, lay)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gated:
+            g = self.gate_proj(x)
+            u = self.up_proj(x)
+            _act_(g, self.act)
+            g.mul_(u)
+            del u
+        else:
+            g = self.up_proj(x)
+            _act_(g, self.act)
+        return self.down_proj(g)
+
+
+def _act_(x: torch.Tensor, kind: str) -> None:
+    if kind == "silu":
+        F.silu(x, inplace=True)
+    elif kind == "relu":
+        F.relu_(x)
+    else:
+        torch.ops.aten.gelu_(x, approximate="tanh")
+
+
+class MoE(nn.Module):
+    """Top-k routed experts. Every expert runs on every token of the step, one expert at a time,
+    and its output is added with the routing weight (zero for tokens not routed to it): the memory
+    peak is then the planner's worst case (one expert's FFN on all tokens) whatever the routing."""
+
+    def __init__(self, spec: ModelSpec, lay: Layout):
+        super().__init__()
+        self.k = spec.experts_per_token
+        self.n = spec.experts
+        self.gate = Linear(spec.experts, spec.hidden, False, "replicated", "router", lay)
+        self.experts = nn.ModuleList(MLP(spec, spec.expert_ffn or spec.ffn, "expert", lay)
+                                     for _ in range(spec.experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.gate(x)
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        del logits
+        w, idx = torch.topk(probs, self.k, dim=-1)
+        del probs
+        w /= w.sum(dim=-1, keepdim=True)
+        dense = torch.zeros(*x.shape[:-1], self.n, dtype=x.dtype, device=x.device)
+        dense.scatter_(-1, idx, w.to(x.dtype))
+        del w, idx
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            y = expert(x)
+            out.addcmul_(y, dense[..., e:e + 1])
+            del y
+        return out
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, i: int, lay: Layout):
+        super().__init__()
+        self.input_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+        self.self_attn = Attention(spec, lay)
+        self.post_attention_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+        self.mlp = MoE(spec, lay) if spec.is_moe_layer(i) else MLP(spec, spec.ffn, "linear", lay)
+        self.i = i
+
+    def forward(self, h: torch.Tensor, cache, pos, rope) -> None:
+        """Updates the residual stream ``h`` in place."""
+        a = self.self_attn(self.input_layernorm(h), self.i, cache, pos, rope)
+        h.add_(a)
+        del a
+        m = self.mlp(self.post_attention_layernorm(h))
+        h.add_(m)
+
+
+class Inner(nn.Module):
+    def __init__(self, spec: ModelSpec, lay: Layout):
+        super().__init__()
+        vp = padded_vocab(spec.vocab, lay.tp)
+        self.embed_tokens = Embedding(vp // lay.tp, spec.hidden, lay)
+        if spec.learned_positions:
+            self.embed_positions = nn.Parameter(
+                torch.empty(spec.learned_positions, spec.hidden, device="meta"), requires_grad=False)
+        self.layers = nn.ModuleList(Block(spec, i, lay) for i in range(spec.layers))
+        self.norm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+
+
+class Model(nn.Module):
+    """The whole model on one TP rank."""
+
+    def __init__(self, spec: ModelSpec, lay: Layout):
+        super().__init__()
+        self.spec, self.lay = spec, lay
+        self.model = Inner(spec, lay)
+        vp = padded_vocab(spec.vocab, lay.tp)
+        self.vocab_rows = vp // lay.tp
+        if not spec.tied_embeddings:
+            self.lm_head = Linear(self.vocab_rows, spec.hidden, False, "vocab", "lm_head", lay)
+
+    # Inventory-named parameters (meta), for the materializer.
+    def named_tensors(self):
+        for name, p in self.named_parameters():
+            if name == "model.embed_positions":
+                name = "model.embed_positions.weight"
+            yield name, p
+
+    def rope(self, pos: int, s: int, dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos, sin [s, 1, hd/2] for positions pos..pos+s-1 in the activation dtype."""
+        spec = self.spec
+        if not spec.rope_theta:
+            return None
+        hd = spec.head_dim
+        inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        ang = torch.outer(torch.arange(pos, pos + s, dtype=torch.float32), inv)
+        cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
+        del ang, inv
+        return cos.unsqueeze(1), sin.unsqueeze(1)
+
+    def forward(self, ids: torch.Tensor, cache: "KVCache", pos: int) -> torch.Tensor:
+        """ids [b, s] -> greedy next token ids [b] (int64)."""
+        spec, m = self.spec, self.model
+        b, s = ids.shape
+        rope = self.rope(pos, s, self.lay.act_dtype)
+        h = m.embed_tokens(ids)
+        if spec.learned_positions:
+            p = torch.arange(pos + spec.position_offset, pos + spec.position_offset + s)
+            h.add_(F.embedding(p, m.embed_positions))
+            del p
+        for block in m.layers:
+            block(h, cache, pos, rope)
+        del rope
+        last = h[:, -1, :].contiguous() if s > 1 else h.view(b, spec.hidden)
+        del h
+        x = m.norm(last)
+        del last
+        head = m.embed_tokens.weight if spec.tied_embeddings else None
+        if head is not None:
+            logits = F.linear(x, head)
+        else:
+            logits = self.lm_head(x)
+        del x
+        return self._argmax(logits)
+
+    def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Greedy token over the vocab-parallel logits: local fp32 max, then one small all-gather."""
+        lay = self.lay
+        lf = logits.float()
+        del logits
+        valid = self.spec.vocab - lay.rank * self.vocab_rows
+        if valid < self.vocab_rows:
+            lf[:, max(valid, 0):] = float("-inf")
+        val, idx = lf.max(dim=-1)
+        del lf
+        idx += lay.rank * self.vocab_rows
+        if lay.tp == 1:
+            return idx
+        import torch.distributed as dist
+        vals = [torch.empty_like(val) for _ in range(lay.tp)]
+        idxs = [torch.empty_like(idx) for _ in range(lay.tp)]
+        dist.all_gather(vals, val, group=lay.group)
+        dist.all_gather(idxs, idx, group=lay.group)
+        best = torch.stack(vals).argmax(dim=0)
+        return torch.stack(idxs).gather(0, best.unsqueeze(0)).squeeze(0)
+
+
+# -- KV cache ----------------------------------------------------------------------------------
+
+_KV_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class KVCache:
+    """One allocation for every layer's K and V: [layers, 2, b, kv_heads_rank, S, hd] in the KV
+    format (fp16/bf16; fp8 e4m3; int8 with an fp16 scale per token per head; int4 two per byte
+    with an fp16 scale). Bytes = planner's ``kv_cache`` line exactly."""
+
+    def __init__(self, spec: ModelSpec, fmt: str, tp: int, batch: int, tokens: int,
+                 device: torch.device):
+        self.fmt = fmt
+        L, kv, hd = spec.layers, kv_heads_per_rank(spec, tp), spec.head_dim
+        shape = (L, 2, batch, kv, tokens)
+        self.scale = None
+        if fmt in _KV_DTYPES:
+            self.data = torch.zeros(*shape, hd, dtype=_KV_DTYPES[fmt], device=device)
+        elif fmt == "fp8":
+            self.data = torch.zeros(*shape, hd, dtype=torch.float8_e4m3fn, device=device)
+        elif fmt == "int8":
+            self.data = torch.zeros(*shape, hd, dtype=torch.int8, device=device)
+            self.scale = torch.zeros(*shape, dtype=torch.float16, device=device)
+        elif fmt == "int4":
+            self.data = torch.zeros(*shape, (hd + 1) // 2, dtype=torch.uint8, device=device)
+            self.scale = torch.zeros(*shape, dtype=torch.float16, device=device)
+        else:
+            raise RuntimeError_(f"KV-cache format {fmt!r} is not built")
+        self.hd = hd
+
+    @property
+    def nbytes(self) -> int:
+        n = self.data.numel() * self.data.element_size()
+        if self.scale is not None:
+            n += self.scale.numel() * self.scale.element_size()
+        return n
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.data, self.scale) if t is not None]
+
+    def write(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v [b, s, kv, hd] -> cache positions pos..pos+s."""
+        s = k.shape[1]
+        for j, x in enumerate((k, v)):
+            dst = self.data[layer, j, :, :, pos:pos + s]
+            xt = x.transpose(1, 2)  # [b, kv, s, hd] view
+            if self.scale is None:
+                dst.copy_(xt)
+                continue
+            qmax = 127 if self.fmt == "int8" else 7
+            sc = xt.abs().amax(dim=-1).float().div_(qmax).clamp_(min=2.0 ** -24)
+            self.scale[layer, j, :, :, pos:pos + s].copy_(sc)
+            q = (xt.float() / sc.unsqueeze(-1)).round_().clamp_(-qmax, qmax)
+            del sc
+            if self.fmt == "int8":
+                dst.copy_(q)
+            else:
+                q += 8
+                u = q.to(torch.uint8)
+                if self.hd % 2:
+                    u = F.pad(u, (0, 1))
+                dst.copy_(u[..., 0::2] | (u[..., 1::2] << 4))
+                del u
+            del q
+
+    def read(self, layer: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V [b, kv, n, hd] in ``dtype``: views when the cache already is that dtype, else
+        dequantized copies (transient)."""
+        out = []
+        for j in (0, 1):
+            d = self.data[layer, j, :, :, :n]
+            if self.scale is None:
+                out.append(d if d.dtype == dtype else d.to(dtype))
+                continue
+            sc = self.scale[layer, j, :, :, :n].unsqueeze(-1).to(dtype)
+            if self.fmt == "int8":
+                x = d.to(dtype)
+            else:
+                x = torch.stack(((d & 0xF), (d >> 4)), dim=-1).flatten(-2)[..., :self.hd]
+                x = x.to(dtype).sub_(8)
+            out.append(x.mul_(sc))
+        return out[0], out[1]
+
+
+# -- construction ------------------------------------------------------------------------------
+
+def build(spec: ModelSpec, lay: Layout) -> Model:
+    """The model on the meta device (no allocation)."""
+    with torch.device("meta"):
+        return Model(spec, lay)
+
+
+def meta_inventory(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the TP-1 model's parameters, built on meta (for the inventory check)."""
+    m = build(spec, Layout())
+    return {name: tuple(p.shape) for name, p in m.named_tensors()}
+
+
+def shard_of(t, full: torch.Tensor, spec: ModelSpec, lay: Layout) -> torch.Tensor:
+    """This rank's shard of an inventory tensor (full = the whole tensor) as the planner splits it."""
+    tp, r = lay.tp, lay.rank
+    if tp == 1 or t.split == "replicated" or (t.split == "row" and full.dim() == 1):
+        return full
+    if t.split == "column":
+        n = full.shape[0] // tp
+        return full[r * n:(r + 1) * n]
+    if t.split == "row":
+        n = full.shape[1] // tp
+        return full[:, r * n:(r + 1) * n]
+    if t.split == "kv":
+        kv = spec.kv_heads
+        per = kv_heads_per_rank(spec, tp) * spec.head_dim
+        if kv >= tp:
+            return full[r * per:(r + 1) * per]
+        head = r * kv // tp  # ranks r share KV head r // (tp / kv)
+        return full[head * spec.head_dim:(head + 1) * spec.head_dim]
+    if t.split == "vocab":
+        rows = padded_vocab(spec.vocab, tp) // tp
+        part = full[r * rows:(r + 1) * rows]
+        if part.shape[0] < rows:
+            part = torch.cat([part, part.new_zeros(rows - part.shape[0], *part.shape[1:])])
+        return part
+    raise ValueError(t.split)
+
+
+def module_for(model: Model, name: str):
+    """(module, attribute) holding inventory tensor ``name``."""
+    if name == "model.embed_positions.weight":
+        return model.model, "embed_positions"
+    path, attr = name.rsplit(".", 1)
+    return model.get_submodule(path), attr
+
+
+def set_tensor(model: Model, name: str, shard: torch.Tensor) -> None:
+    """Store one materialized shard: linears quantize, the rest become act-dtype Parameters."""
+    mod, attr = module_for(model, name)
+    if isinstance(mod, Linear) and attr == "weight":
+        mod.set_weight(shard)
+        return
+    dt = model.lay.act_dtype
+    expected = tuple(getattr(mod, attr).shape)
+    if tuple(shard.shape) != expected:
+        raise RuntimeError_(f"{name}: shape {tuple(shard.shape)} does not match {expected}")
+    # requires_grad stays True: MemTracker hooks every parameter (grad is disabled globally)
+    setattr(mod, attr, nn.Parameter(shard.to(dt).clone()))

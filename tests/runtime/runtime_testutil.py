@@ -1,0 +1,70 @@
+"""Helpers shared by the runtime tests (a plain module: no conftest.py here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from planner.memory import Workload, estimate
+from planner.plan import plan_document, plan_hash, write_plan
+from planner.sources import ModelSource
+from planner.spec import ModelSpec
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Small specs: every K per rank (hidden, heads x head_dim / TP, ffn / TP) a multiple of 128 so
+# int4-g128 is feasible at TP 1 and TP 2.
+LLAMA = ModelSpec(name="tiny-llama-gqa", family="llama", layers=2, hidden=256, heads=8, kv_heads=2,
+                  head_dim=32, ffn=512, vocab=1000, qkv_bias=True, rope_theta=10000.0,
+                  max_context=4096)
+OPT = ModelSpec(name="tiny-opt", family="opt", layers=2, hidden=256, heads=4, kv_heads=4,
+                head_dim=64, ffn=1024, vocab=1001, gated_ffn=False, activation="relu",
+                tied_embeddings=True, norm="layernorm", qkv_bias=True, o_bias=True, mlp_bias=True,
+                learned_positions=2050, position_offset=2, max_context=2048)
+MIXTRAL = ModelSpec(name="tiny-mixtral", family="mixtral", layers=2, hidden=256, heads=8,
+                    kv_heads=4, head_dim=32, ffn=512, vocab=1000, experts=4, experts_per_token=2,
+                    expert_ffn=512, rope_theta=1e6, max_context=4096)
+
+
+def make_plan(path: str, spec: ModelSpec, weights: str = "fp16", kv: str = "fp16", tp: int = 1,
+              batch: int = 2, prompt: int = 64, new: int = 4, source=("config", "test"),
+              quantize_lm_head: bool = False) -> dict:
+    est = estimate(spec, weights, kv, tp, 1, Workload(batch, prompt, new), "runtime", device="cpu",
+                   quantize_lm_head=quantize_lm_head)
+    doc = plan_document(est, ModelSource(spec, source[0], source[1]),
+                        {"set": f"cpu:{tp}", "gpus": []})
+    write_plan(path, doc, force=True)
+    return doc
+
+
+def rewrite(path: str, doc: dict) -> None:
+    """Write an edited plan with a fresh hash (a legitimate plan with other numbers)."""
+    doc = dict(doc)
+    doc["hash"] = plan_hash(doc)
+    write_plan(path, doc, force=True)
+
+
+_LAUNCH = ("import sys; from planner.cli import main as m; import planner.cli as c; "
+           "sys.exit(m(['launch', *sys.argv[1:]]))")
+_FALLBACK = ("import argparse, sys\n"
+             "from planner.errors import PlannerError\n"
+             "from planner.launch import add_parser\n"
+             "p = argparse.ArgumentParser(); s = p.add_subparsers(); add_parser(s)\n"
+             "a = p.parse_args(['launch', *sys.argv[1:]])\n"
+             "try:\n    sys.exit(a.func(a))\n"
+             "except PlannerError as e:\n    print('planner launch: ' + str(e), file=sys.stderr); "
+             "sys.exit(e.exit_code)\n")
+
+
+def launch(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """`planner launch ARGS` in a subprocess (through planner.launch even before the CLI lists it)."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, "-c", _FALLBACK, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=timeout, env=env, **kw)
+
+
+def report_of(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
