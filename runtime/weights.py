@@ -225,7 +225,10 @@ class GGUFSource(Source):
             arr = _unpermute(arr, self.spec.heads)
         elif name.endswith("self_attn.k_proj.weight"):
             arr = _unpermute(arr, self.spec.kv_heads)
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # an F32 tensor is a view of the read-only memory map
+            arr = arr.copy()
+        return torch.from_numpy(arr)
 
 
 def open_checkpoint(path: str, spec: ModelSpec) -> Source:
