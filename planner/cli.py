@@ -297,32 +297,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                          f"{near.weights} · KV {near.kv} · TP {near.tp} · PP {near.pp} needs "
                          f"{fmt_bytes(near.shortfall_bytes)} more on one GPU")
     if args.output:
-        from planner.plan import plan_document, write_plan
+        from planner.plan import candidate_document, write_plan
 
-        best = plans[0]
-        write_plan(args.output, plan_document(
-            best.estimate, src, _gpus_doc(gpuset, best),
-            capacity={"max_batch": best.max_batch, "max_context": best.max_context,
-                      "kv_cache_tokens": best.kv_cache_tokens, "kv_blocks": best.kv_blocks},
-            performance=best.roofline.to_json() if best.roofline else None,
-            engine_options=_engine_options(p.engine)), force=args.force)
+        write_plan(args.output, candidate_document(plans[0], src, gpuset), force=args.force)
     _emit(args, doc, lambda: render_recommend(src.spec, gpuset, p, plans, rejected, args))
     return 0
-
-
-def _engine_options(eng) -> dict:
-    out = {}
-    if eng.gpu_memory_utilization:
-        out["gpu_memory_utilization"] = eng.gpu_memory_utilization
-    if eng.kv_block_tokens:
-        out["block_size"] = eng.kv_block_tokens
-    return out
-
-
-def _gpus_doc(gpuset, c) -> dict:
-    return {"set": gpuset.text,
-            "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
-                     for d in c.devices]}
 
 
 def _recommend_all(args: argparse.Namespace, weights, kv) -> int:

@@ -196,6 +196,21 @@ def dump_plan(doc: dict) -> str:
                           width=100)
 
 
+def candidate_document(candidate, source: ModelSource, gpuset) -> dict:
+    """The plan document for a search candidate (planner.search.Candidate) on a GPU set: what
+    ``planner recommend -o`` and the TUI's save both write. Rank r runs on the candidate's r-th
+    device; its capacity and roofline go in as ``capacity`` and ``performance``."""
+    c = candidate
+    gpus = {"set": gpuset.text,
+            "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
+                     for d in c.devices]}
+    return plan_document(
+        c.estimate, source, gpus,
+        capacity={"max_batch": c.max_batch, "max_context": c.max_context,
+                  "kv_cache_tokens": c.kv_cache_tokens, "kv_blocks": c.kv_blocks},
+        performance=c.roofline.to_json() if c.roofline else None)
+
+
 def write_plan(path: str, doc: dict, force: bool = False) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over ``path``.
 

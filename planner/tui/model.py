@@ -212,32 +212,11 @@ def capacity_map(problem, cand) -> CapacityMap:
 
 # -- plan files and commands -----------------------------------------------------------------------
 
-def gpus_doc(gpuset, cand) -> dict:
-    """The plan's ``gpus`` argument, as ``planner recommend -o`` builds it."""
-    return {"set": gpuset.text,
-            "gpus": [{"index": d.index, "name": d.profile.name, "memory_bytes": d.memory_bytes}
-                     for d in cand.devices]}
-
-
-def engine_options(eng) -> dict:
-    out = {}
-    if eng.gpu_memory_utilization:
-        out["gpu_memory_utilization"] = eng.gpu_memory_utilization
-    if eng.kv_block_tokens:
-        out["block_size"] = eng.kv_block_tokens
-    return out
-
-
 def plan_doc(res: Result, cand) -> dict:
     """The document ``planner recommend -o`` writes for this candidate."""
-    from planner.plan import plan_document
+    from planner.plan import candidate_document
 
-    return plan_document(
-        cand.estimate, res.source, gpus_doc(res.gpuset, cand),
-        capacity={"max_batch": cand.max_batch, "max_context": cand.max_context,
-                  "kv_cache_tokens": cand.kv_cache_tokens, "kv_blocks": cand.kv_blocks},
-        performance=cand.roofline.to_json() if cand.roofline else None,
-        engine_options=engine_options(res.problem.engine))
+    return candidate_document(cand, res.source, res.gpuset)
 
 
 def save_plan(path: str, res: Result, cand, force: bool = False) -> str:
