@@ -276,17 +276,32 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.model is None:
         if args.output:
             raise InputError("-o/--output writes one model's plan: give --model")
+        if args.quality_from:
+            raise InputError("--quality-from ranks one model's formats by its measured quality: "
+                             "give --model")
         return _recommend_all(args, weights, kv)
     from planner.sources import resolve
 
     src = resolve(args.model)
+    measured = None
+    if args.quality_from:
+        from planner.quality import load_report, measured_order
+        from planner.search import DEFAULT_WEIGHTS, DEFAULT_WEIGHTS_GGML
+
+        measured = measured_order(load_report(args.quality_from), src.spec, args.quality_from)
+        if weights is None:  # the measured formats join the engine's defaults
+            dflt = DEFAULT_WEIGHTS_GGML if args.engine == "llama.cpp" else DEFAULT_WEIGHTS
+            weights = list(dict.fromkeys([*measured, *dflt]))
     gpuset, p = _problem(args, src.spec)
     plans, rejected = search(p, weights, kv, args.objective, args.tp, args.pp,
-                             finish_top=None if args.json else args.top)
+                             finish_top=None if args.json else args.top, measured=measured)
     doc = {"model": {"name": src.spec.name, "source": {"kind": src.kind, "path": src.path}},
            "gpus": gpuset.describe(), "objective": args.objective, "engine": p.engine.name,
            "plans": [c.to_json() for c in plans],
            "rejected": [r.to_json() for r in rejected]}
+    if measured is not None:
+        doc["quality_from"] = {"report": args.quality_from,
+                               "order": sorted(measured, key=lambda k: measured[k])}
     if not plans:
         near = smallest_shortfall(rejected)
         _emit(args, doc, lambda: render_rejected(src.spec.name, gpuset, p, rejected, args))
@@ -371,6 +386,9 @@ def render_recommend_all(gpuset, p, rows, args) -> str:
 
 def render_recommend(spec, gpuset, p, plans, rejected, args) -> str:
     out = [f"{spec.name} on {_gpu_line(gpuset, p)} · objective {args.objective}", ""]
+    if getattr(args, "quality_from", None):
+        out[-1:] = [f"quality order measured in {args.quality_from} (Δ perplexity, then KL; "
+                    "formats it did not measure rank after these in registry order)", ""]
     rows = []
     for i, c in enumerate(plans[:args.top], 1):
         worst = max(c.estimate.ranks, key=lambda x: x.total)
@@ -641,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--show-rejected", action="store_true", help="list rejected candidates")
     r.add_argument("-o", "--output", default=None, help="write the best plan to this YAML file")
     r.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    r.add_argument("--quality-from", default=None, metavar="REPORT.json",
+                   help="rank weight formats by the quality measured for this model in a "
+                        "planner quality report instead of the published order")
     r.add_argument("--json", action="store_true", help="one JSON document on stdout")
     r.set_defaults(func=cmd_recommend)
 
@@ -689,12 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true", help="one JSON document on stdout")
     gp.set_defaults(func=cmd_gpus)
 
-    # launch and tui register themselves; their modules import nothing heavy at this point
+    # launch, tui and quality register themselves; their modules import nothing heavy here
     # (the runtime runs in another process; textual is imported when the TUI starts).
     import importlib
     import importlib.util
 
-    for mod in ("planner.launch", "planner.tui"):
+    for mod in ("planner.launch", "planner.tui", "planner.quality"):
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod).add_parser(sub)
 

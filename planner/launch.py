@@ -35,6 +35,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=0,
                    help="kill every rank after this many seconds (0 = no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
+    q = p.add_argument_group("quality (one process at TP 1 with the checkpoint's tokenizer; no "
+                             "memory measurement)")
+    q.add_argument("--eval", action="store_true",
+                   help="measure perplexity, KL and top-1 agreement of the plan's weight format "
+                        "against the checkpoint dequantized to the activation dtype")
+    q.add_argument("--eval-text", default=None,
+                   help="UTF-8 text to evaluate on (default: the standard library's pydoc_data)")
+    q.add_argument("--eval-tokens", type=int, default=None,
+                   help="evaluate the first N tokens of the text (default 4096)")
+    q.add_argument("--eval-window", type=int, default=None, help="sliding window (default 512)")
+    q.add_argument("--eval-stride", type=int, default=None, help="window stride (default 256)")
+    q.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json or GGUF (default: the checkpoint's own)")
+    q.add_argument("--prompt", default=None,
+                   help="print the greedy continuation of this text in the plan's format")
+    q.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens --prompt generates (default 32)")
     p.set_defaults(func=cmd_launch)
 
 
@@ -66,7 +83,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from planner.plan import load_plan
 
     plan = load_plan(args.plan)
-    ranks = plan.tp * plan.pp
+    quality = bool(getattr(args, "eval", False) or getattr(args, "prompt", None) is not None)
+    ranks = 1 if quality else plan.tp * plan.pp  # the eval runs TP 1 in one process
     have, what = _device_count(plan.device)
     if ranks > have:
         raise InputError(f"{args.plan}: the plan needs {ranks} rank(s) (TP {plan.tp} x PP "
@@ -79,6 +97,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             extra.append("--" + flag.replace("_", "-"))
     extra += ["--seed", str(args.seed)]
+    if quality:
+        if args.eval:
+            extra.append("--eval")
+        for flag in ("eval_text", "tokenizer"):
+            if getattr(args, flag):
+                extra += [f"--{flag.replace('_', '-')}", os.path.abspath(getattr(args, flag))]
+        for flag in ("eval_tokens", "eval_window", "eval_stride", "max_new_tokens", "prompt"):
+            if getattr(args, flag) is not None:
+                extra += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     cmd = build_command(os.path.abspath(args.plan), ranks, extra)
     if args.dry_run:
         print(" ".join(cmd))

@@ -285,9 +285,21 @@ def finish(p: Problem, c: Candidate, gpu_profile=None) -> Candidate:
     return c
 
 
-def _tier(objective: str, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int) -> tuple:
+def _weight_rank(fmt: WeightFormat, measured: dict[str, tuple] | None) -> tuple:
+    """A weight format's place in the quality order: measured formats first, by their measured
+    loss (``planner.quality.measured_order``: Δ perplexity, then KL); the rest after them in the
+    registry's published order."""
+    if measured is None:
+        return (fmt.quality_rank,)
+    if fmt.key in measured:
+        return (0, *measured[fmt.key], 0)
+    return (1, 0, 0.0, fmt.quality_rank)
+
+
+def _tier(objective: str, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
+          measured: dict[str, tuple] | None = None) -> tuple:
     """The part of an objective's order known before evaluating a candidate (its tier)."""
-    q = (fmt.quality_rank, _KV_ORDER.get(kvf.key, 9))
+    q = (*_weight_rank(fmt, measured), _KV_ORDER.get(kvf.key, 9))
     if objective == "quality":
         return q
     if objective == "gpus":
@@ -295,15 +307,16 @@ def _tier(objective: str, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int) ->
     return ()
 
 
-def _sort_key(objective: str):
+def _sort_key(objective: str, measured: dict[str, tuple] | None = None):
     """Quality: lossless formats first, then by published quality loss (the registry's
-    quality_rank: GLM-130B's INT8 ~ FP16 > INT4; RPTQ's lower bit-widths below), KV formats the
-    same way; ties go to the faster plan, then to fewer GPUs."""
+    quality_rank: GLM-130B's INT8 ~ FP16 > INT4; RPTQ's lower bit-widths below), or by the loss
+    measured for this model (``measured``, from ``planner quality``), KV formats the same way; ties
+    go to the faster plan, then to fewer GPUs."""
     def tps(c: Candidate) -> float:
         return c.roofline.decode_tokens_per_s if c.roofline else 0.0
 
     def quality(c: Candidate):
-        return (*_tier("quality", c.weights, c.kv, c.tp, c.pp), -tps(c), c.gpus)
+        return (*_tier("quality", c.weights, c.kv, c.tp, c.pp, measured), -tps(c), c.gpus)
 
     if objective == "quality":
         return quality
@@ -333,13 +346,17 @@ def layouts(p: Problem, tp: int | None = None, pp: int | None = None) -> list[tu
 def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = None,
            objective: str = "quality", tp: int | None = None, pp: int | None = None,
            finish_top: int | None = None,
-           best_only: bool = False) -> tuple[list[Candidate], list[Rejected]]:
+           best_only: bool = False,
+           measured: dict[str, tuple] | None = None) -> tuple[list[Candidate], list[Rejected]]:
     """Every candidate, fitting ones ranked by the objective (each with capacity and roofline when
     ``finish_top`` is None, else only the first ``finish_top``), and the rejected with reasons.
 
+    ``measured``: format key -> measured loss for this model (``planner.quality.measured_order``);
+    the quality order then puts those formats first by that loss, the others after in registry order.
+
     ``best_only``: stop after the first tier of the objective's order that holds a fitting plan
     (the later tiers cannot beat it); the lists then cover only the tiers evaluated."""
-    key = _sort_key(objective)
+    key = _sort_key(objective, measured)
     if weights is None:
         weights = [k for k in (DEFAULT_WEIGHTS_GGML if p.engine.name == "llama.cpp"
                                else DEFAULT_WEIGHTS)]
@@ -350,12 +367,12 @@ def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = 
     fitting: list[Candidate] = []
     rejected: list[Rejected] = []
     order = sorted(((f, k, t, q) for f in fmts for k in kvfs for t, q in layouts(p, tp, pp)),
-                   key=lambda x: _tier(objective, *x))
+                   key=lambda x: _tier(objective, *x, measured))
     tier = None
     for fmt, kvf, t, q in order:
-        if best_only and fitting and _tier(objective, fmt, kvf, t, q) != tier:
+        if best_only and fitting and _tier(objective, fmt, kvf, t, q, measured) != tier:
             break
-        tier = _tier(objective, fmt, kvf, t, q)
+        tier = _tier(objective, fmt, kvf, t, q, measured)
         try:
             c = evaluate(p, fmt, kvf, t, q)
         except InfeasibleError as e:

@@ -37,6 +37,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="run even when the prediction exceeds the free memory detected")
     p.add_argument("--no-verify", action="store_true", help="skip the plan's hash check")
+    q = p.add_argument_group("quality (runtime.eval; one process at TP 1, no memory measurement)")
+    q.add_argument("--eval", action="store_true",
+                   help="measure perplexity, KL and top-1 agreement of the plan's weight format "
+                        "against the base (the checkpoint dequantized to the activation dtype)")
+    from runtime.eval import DEFAULT_STRIDE, DEFAULT_TOKENS, DEFAULT_WINDOW
+    q.add_argument("--eval-text", default=None, help="UTF-8 text (default: pydoc_data topics)")
+    q.add_argument("--eval-tokens", type=int, default=DEFAULT_TOKENS,
+                   help=f"evaluate the first N tokens (default {DEFAULT_TOKENS})")
+    q.add_argument("--eval-window", type=int, default=DEFAULT_WINDOW,
+                   help=f"sliding window (default {DEFAULT_WINDOW})")
+    q.add_argument("--eval-stride", type=int, default=DEFAULT_STRIDE,
+                   help=f"window stride (default {DEFAULT_STRIDE})")
+    q.add_argument("--tokenizer", default=None,
+                   help="tokenizer.json or GGUF (default: the checkpoint's own)")
+    q.add_argument("--prompt", default=None,
+                   help="greedy continuation of this text in the plan's format (with --eval: "
+                        "by the base and the format)")
+    q.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens --prompt generates (default 32)")
     return p
 
 
@@ -45,10 +64,82 @@ def main(argv=None) -> int:
     from runtime.measure import env_rank
     rank, world, local = env_rank()
     try:
+        if args.eval or args.prompt is not None:
+            return _quality(args)
         return _run(args, rank, world, local)
     except Fail as e:
         print(f"runtime (rank {rank}): {e}", file=sys.stderr)
         return e.code
+
+
+def _quality(args) -> int:
+    """``--eval`` / ``--prompt``: the plan's format on its checkpoint with the real tokenizer."""
+    from planner.errors import PlannerError
+    from runtime.eval import EvalError, run
+    plan = _load_plan(args)
+    ckpt = args.checkpoint
+    if ckpt is None and plan.source.get("kind") in ("safetensors", "safetensors-sharded", "gguf"):
+        ckpt = plan.source.get("path")
+    if not ckpt or args.random_weights:
+        raise Fail("--eval and --prompt need real weights: the plan names no checkpoint; give "
+                   "--checkpoint PATH", 2)
+    device = "cuda" if plan.device == "cuda" else "cpu"
+    try:
+        if args.eval:
+            doc = run(plan.spec, ckpt, [plan.weights], text_path=args.eval_text,
+                      tokens=args.eval_tokens, window=args.eval_window, stride=args.eval_stride,
+                      kv=plan.kv_cache, device_name=device, tokenizer=args.tokenizer,
+                      prompt=args.prompt, new_tokens=args.max_new_tokens)
+            doc["plan"] = os.path.abspath(args.plan)
+            if args.report:
+                with open(args.report, "w") as f:
+                    json.dump(doc, f, indent=1)
+            if args.json:
+                print(json.dumps(doc))
+            else:
+                from planner.quality import render as render_quality
+                print(render_quality(doc))
+            return 0
+        return _generate_only(args, plan, ckpt, device)
+    except EvalError as e:
+        raise Fail(str(e), 2) from None
+    except PlannerError as e:
+        raise Fail(str(e), e.exit_code) from None
+
+
+def _generate_only(args, plan, ckpt, device_name) -> int:
+    import torch
+    from runtime import tokenizer as T
+    from runtime.eval import EvalError, act_dtype, generate, load_model
+    from runtime.model import RuntimeError_, check_buildable
+    from runtime.weights import open_checkpoint
+    try:
+        check_buildable(plan.spec, plan.workload.context)
+        tok = T.load(ckpt, args.tokenizer)
+        T.check_vocab(tok, plan.spec.vocab, plan.spec.name)
+        torch.set_grad_enabled(False)
+        device = torch.device(device_name)
+        model, load_s = load_model(plan.spec, open_checkpoint(ckpt, plan.spec), plan.weights,
+                                   act_dtype(device, plan.weights), device)
+        t0 = time.perf_counter()
+        gen = generate(model, tok, args.prompt, args.max_new_tokens, plan.kv_cache, device)
+        gen_s = time.perf_counter() - t0
+    except (RuntimeError_, T.TokenizerError) as e:
+        raise EvalError(str(e)) from None
+    doc = {"model": plan.spec.name, "weights": plan.weights, "kv_cache": plan.kv_cache,
+           "checkpoint": os.path.abspath(ckpt), "tokenizer": tok.source, **gen,
+           "tokens_generated": len(gen["ids"]), "load_seconds": round(load_s, 2),
+           "generate_seconds": round(gen_s, 2)}
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(doc, f, indent=1)
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        print(f"{plan.spec.name} · weights {plan.weights} · KV {plan.kv_cache} · greedy, "
+              f"{len(gen['ids'])} tokens in {gen_s:.1f} s")
+        print(args.prompt + gen["text"])
+    return 0
 
 
 def _load_plan(args):
