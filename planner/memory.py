@@ -349,13 +349,18 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
             best = (total, {k: v for k, v in flat.items() if v})
 
     H = T * h * a
+    # F.rms_norm: CUDA has a fused kernel (output + fp32 rstd per row); on the CPU it decomposes
+    # into x.float(), x.pow(2) (freed after the mean), x * rstd, * weight, all fp32 [T, h]
+    # (x.float() is free for fp32), then the cast back. F.layer_norm: the output and its mean and
+    # rstd ([T] each, in the input dtype on the CPU, fp32 on CUDA).
+    rms = (T * h * (4 * 3 if a != 4 else 4 * 2) + 4 * T) if device == "cpu" else H + 4 * T
+    ln = H + 2 * T * (a if device == "cpu" else 4)
+    R = s_q * hd * a if (has_layers and spec.rope_theta) else 0  # cos and sin, [s_q, hd/2] each
+    if has_layers and spec.embed_norm:  # BLOOM: LayerNorm of the token embedding (a new tensor)
+        at("embed_norm", {"rope": R, "embedding": H,
+                          "norm": ln if spec.norm == "layernorm" else rms})
     if has_layers:
-        R = s_q * hd * a if spec.rope_theta else 0  # cos and sin, [s_q, hd/2] each
         if spec.norm == "rmsnorm":
-            # F.rms_norm: CUDA has a fused kernel (output + fp32 rstd per row); on the CPU it
-            # decomposes into x.float(), x.pow(2) (freed after the mean), x * rstd, * weight, all
-            # fp32 [T, h] (x.float() is free for fp32), then the cast back.
-            rms = (T * h * (4 * 3 if a != 4 else 4 * 2) + 4 * T) if device == "cpu" else H + 4 * T
             at("norm", {"residual": H, "rope": R, "rms_norm": rms})
         base = {"residual": H, "rope": R, "normed": H}
         Q, K = T * heads_r * hd * a, T * kv_r * hd * a
@@ -379,10 +384,30 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
             read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a
                     if kvf.scale_bytes else 0}
         lse = seqs * heads_r * s_q * 4 if device == "cpu" else 0
-        at("attn.sdpa", {**base, "q": Q, **{f"kv_{k}": v for k, v in read.items()},
-                         "out": Q, "logsumexp": lse})
+        kv_live = {f"kv_{k}": v for k, v in read.items()}
+        mask: dict[str, int] = {}
+        if spec.alibi:
+            # runtime/model.py _alibi, per layer right before SDPA: fp32 key/query positions and
+            # distances [s_q, s_kv], a bool causal test, then the mask [1, heads_r, s_q, s_kv]
+            # in the activation dtype and the slopes
+            rel = s_q * s_kv * 4
+            live = {**base, "q": Q, **kv_live}
+            at("attn.alibi_pos", {**live, "kpos": s_kv * 4, "qpos": s_q * 4, "alibi_rel": rel})
+            at("attn.alibi_causal", {**live, "alibi_rel": rel, "causal_bool": s_q * s_kv})
+            mask = {"alibi_mask": heads_r * s_q * s_kv * a}
+            at("attn.alibi_mask", {**live, "alibi_rel": rel, **mask})
+            at("attn.alibi_slopes", {**live, **mask, "slopes": heads_r * a})
+        at("attn.sdpa", {**base, "q": Q, **kv_live, **mask, "out": Q, "logsumexp": lse})
         # row-parallel: the bias is added in place after the all-reduce, not inside the matmul
         at("attn.o_proj", {**base, "attn_out": Q, "o_proj": lin(h, heads_r * hd, False)})
+        # parallel attention with two norms (Falcon-40B/180B): ln_mlp reads the block input, so
+        # the attention output [T, h] is held through the MLP. One shared norm: the MLP reads the
+        # same normed x and the attention output goes into the residual at once (no extra).
+        held: dict[str, int] = {}
+        if spec.parallel_attn and spec.parallel_norms == 2:
+            held = {"attn_block_out": H}
+            at("ln_mlp", {"residual": H, "rope": R, **held,
+                          "norm": ln if spec.norm == "layernorm" else rms})
 
         def mlp(prefix: str, width: int, role: str, extra: dict[str, int]) -> None:
             F_ = T * width * a
@@ -400,11 +425,11 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
         if spec.moe:
             E, k = spec.experts, spec.experts_per_token
             router = {"logits": T * E * a, "probs": T * E * 4}
-            at("moe.router", {**base, **router})
-            extra = {"dense_weights": T * E * a, "moe_out": H}
+            at("moe.router", {**base, **held, **router})
+            extra = {**held, "dense_weights": T * E * a, "moe_out": H}
             mlp("moe.expert", (spec.expert_ffn or spec.ffn) // tp, "expert", extra)
         else:
-            mlp("mlp", spec.ffn // tp, "linear", {})
+            mlp("mlp", spec.ffn // tp, "linear", held)
     if has_lm_head:
         vr = vocab_pad // tp
         x = seqs * h * a

@@ -12,7 +12,9 @@ for the last position with a vocab-parallel argmax (no gathered logits). ``plann
 ``runtime`` activation model mirrors this file step by step; change both together.
 
 Families built: llama, mistral, qwen2, phi3 (RMSNorm, SwiGLU, RoPE, GQA, QKV biases), opt, gpt2
-(LayerNorm, learned positions, biases, plain MLP), mixtral (MoE, top-k routing). Others are refused.
+(LayerNorm, learned positions, biases, plain MLP), mixtral (MoE, top-k routing), falcon (parallel
+attention + MLP, one or two input norms, GQA/MQA), bloom (ALiBi, LayerNorm after the embedding) and glm
+(GLM-130B-style GeGLU, pre-LN here; see runtime/NOTES.md). deepseek_v3 (MLA) is refused by name.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ import kernels
 from planner.precision import QUANTIZED_ROLES
 from planner.spec import ModelSpec
 
-BUILT_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "mixtral")
-NOT_BUILT = {"falcon": "parallel attention/MLP", "bloom": "ALiBi", "glm": "GLM-130B GeGLU",
-             "deepseek_v3": "MLA + shared-expert MoE"}
+BUILT_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "mixtral", "falcon", "bloom",
+                  "glm")
+NOT_BUILT = {"deepseek_v3": "MLA + shared-expert MoE"}
 
 
 class RuntimeError_(Exception):
@@ -46,8 +48,8 @@ def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
                             f"built: {', '.join(BUILT_FAMILIES)}")
     if spec.mla or spec.shared_experts or spec.dense_layers or spec.router_bias:
         raise RuntimeError_(f"{spec.name}: MLA / shared experts / dense MoE layers are not built")
-    if spec.parallel_attn or spec.embed_norm or spec.alibi:
-        raise RuntimeError_(f"{spec.name}: parallel attention, embedding norms and ALiBi are not built")
+    if spec.alibi and spec.rope_theta:
+        raise RuntimeError_(f"{spec.name}: ALiBi and RoPE together are not built")
     if spec.sliding_window and context > spec.sliding_window:
         raise RuntimeError_(f"{spec.name}: context {context} exceeds the sliding window "
                             f"{spec.sliding_window}; the runtime has no ring-buffer KV cache yet")
@@ -90,11 +92,11 @@ def _all_reduce(x: torch.Tensor, lay: Layout) -> None:
         del work
         # gloo's worker thread drops its reference to x a moment after wait() returns; until it
         # does, a later free of x is delayed and one extra [T, h] tensor can be alive at the next
-        # peak on some ranks (measured). Wait (bounded) for that reference to go.
-        for _ in range(10000):
-            if x._use_count() <= before:
-                break
-            time.sleep(0)
+        # peak on some ranks (measured). Wait for that reference to go: bounded by wall time, not
+        # by a count of yields, so a loaded machine (CI, other ranks busy) gets the same result.
+        deadline = time.monotonic() + 5.0
+        while x._use_count() > before and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
 
 # -- modules -----------------------------------------------------------------------------------
@@ -173,6 +175,17 @@ class Embedding(nn.Module):
         return x
 
 
+def alibi_slopes(n: int) -> list[float]:
+    """ALiBi head slopes (BLOOM's build_alibi_tensor / the ALiBi paper, n not a power of 2 too)."""
+    p2 = 2 ** math.floor(math.log2(n))
+    base = 2.0 ** (-(2.0 ** -(math.log2(p2) - 3)))
+    slopes = [base ** i for i in range(1, p2 + 1)]
+    if p2 != n:
+        extra = 2.0 ** (-(2.0 ** -(math.log2(2 * p2) - 3)))
+        slopes += [extra ** i for i in range(1, 1 + 2 * min(p2, n - p2), 2)]
+    return slopes
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec, lay: Layout):
         super().__init__()
@@ -185,6 +198,9 @@ class Attention(nn.Module):
         self.k_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
         self.v_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
         self.o_proj = Linear(h, self.heads * hd, spec.o_bias, "row", "linear", lay)
+        # ALiBi: this rank's heads' slopes (python floats: no parameter, no buffer)
+        self.slopes = (alibi_slopes(spec.heads)[lay.rank * self.heads:(lay.rank + 1) * self.heads]
+                       if spec.alibi else None)
 
     def forward(self, x: torch.Tensor, layer: int, cache: "KVCache", pos: int,
                 rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -198,13 +214,33 @@ class Attention(nn.Module):
         cache.write(layer, pos, k, v)
         del k, v
         kc, vc = cache.read(layer, pos + s, q.dtype)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, is_causal=(pos == 0 and s > 1),
+        mask = None if self.slopes is None else self.alibi(pos, s, q.dtype, q.device)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask,
+                                           is_causal=(mask is None and pos == 0 and s > 1),
                                            enable_gqa=self.kv != self.heads)
-        del q, kc, vc
+        del q, kc, vc, mask
         o = o.transpose(1, 2)
         if not o.is_contiguous():
             o = o.contiguous()
         return self.o_proj(o.view(b, s, self.heads * self.hd))
+
+    def alibi(self, pos: int, s: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+        """The SDPA float mask [1, heads_r, s, pos + s] in ``dtype``: slope * (j - i) for key j at or
+        before query i, -inf after (causal). Built per layer and forward right before SDPA; its
+        transients (fp32 positions, fp32 [s, n] distances, a bool [s, n], the slopes) are modelled in
+        planner.memory. 4-D, because a 3-D mask sends the CPU SDPA to the math path ([b, h, s, n]
+        scores)."""
+        n = pos + s
+        kpos = torch.arange(n, dtype=torch.float32, device=device)
+        qpos = torch.arange(pos, n, dtype=torch.float32, device=device)
+        rel = kpos - qpos.unsqueeze(1)  # j - i, [s, n]
+        del kpos, qpos
+        rel.masked_fill_(rel > 0, float("-inf"))
+        mask = torch.empty(1, self.heads, s, n, dtype=dtype, device=device)
+        mask.copy_(rel)
+        del rel
+        mask.mul_(torch.tensor(self.slopes, dtype=dtype, device=device).view(1, -1, 1, 1))
+        return mask
 
 
 def _rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
@@ -221,6 +257,8 @@ class MLP(nn.Module):
         super().__init__()
         h, t = spec.hidden, lay.tp
         self.gated, self.act = spec.gated_ffn, spec.activation
+        # Falcon (nn.GELU()) and GLM-130B (F.gelu) use the exact GELU; GPT-2 and BLOOM the tanh one
+        self.approx = "none" if spec.family in ("falcon", "glm") else "tanh"
         if self.gated:
             self.gate_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
         self.up_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
@@ -230,22 +268,22 @@ class MLP(nn.Module):
         if self.gated:
             g = self.gate_proj(x)
             u = self.up_proj(x)
-            _act_(g, self.act)
+            _act_(g, self.act, self.approx)
             g.mul_(u)
             del u
         else:
             g = self.up_proj(x)
-            _act_(g, self.act)
+            _act_(g, self.act, self.approx)
         return self.down_proj(g)
 
 
-def _act_(x: torch.Tensor, kind: str) -> None:
+def _act_(x: torch.Tensor, kind: str, approximate: str = "tanh") -> None:
     if kind == "silu":
         F.silu(x, inplace=True)
     elif kind == "relu":
         F.relu_(x)
     else:
-        torch.ops.aten.gelu_(x, approximate="tanh")
+        torch.ops.aten.gelu_(x, approximate=approximate)
 
 
 class MoE(nn.Module):
@@ -284,17 +322,41 @@ class Block(nn.Module):
         super().__init__()
         self.input_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
         self.self_attn = Attention(spec, lay)
-        self.post_attention_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+        self.parallel = spec.parallel_attn
+        if not self.parallel or spec.parallel_norms == 2:
+            # Falcon-40B/180B: ln_attn = input_layernorm, ln_mlp = post_attention_layernorm
+            self.post_attention_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+        else:
+            self.post_attention_layernorm = None
         self.mlp = MoE(spec, lay) if spec.is_moe_layer(i) else MLP(spec, spec.ffn, "linear", lay)
         self.i = i
 
     def forward(self, h: torch.Tensor, cache, pos, rope) -> None:
         """Updates the residual stream ``h`` in place."""
-        a = self.self_attn(self.input_layernorm(h), self.i, cache, pos, rope)
-        h.add_(a)
-        del a
-        m = self.mlp(self.post_attention_layernorm(h))
-        h.add_(m)
+        if not self.parallel:
+            a = self.self_attn(self.input_layernorm(h), self.i, cache, pos, rope)
+            h.add_(a)
+            del a
+            m = self.mlp(self.post_attention_layernorm(h))
+            h.add_(m)
+        elif self.post_attention_layernorm is None:
+            # parallel, one shared norm: the MLP reads x, not h, so the attention output can go
+            # into h at once (no extra [T, h] held while the MLP runs)
+            x = self.input_layernorm(h)
+            a = self.self_attn(x, self.i, cache, pos, rope)
+            h.add_(a)
+            del a
+            m = self.mlp(x)
+            del x
+            h.add_(m)
+        else:
+            # parallel, two norms: ln_mlp reads the block's input h, so the attention output is
+            # held (one [T, h]) until the MLP is done
+            a = self.self_attn(self.input_layernorm(h), self.i, cache, pos, rope)
+            m = self.mlp(self.post_attention_layernorm(h))
+            h.add_(a)
+            del a
+            h.add_(m)
 
 
 class Inner(nn.Module):
@@ -305,6 +367,8 @@ class Inner(nn.Module):
         if spec.learned_positions:
             self.embed_positions = nn.Parameter(
                 torch.empty(spec.learned_positions, spec.hidden, device="meta"), requires_grad=False)
+        if spec.embed_norm:
+            self.embed_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
         self.layers = nn.ModuleList(Block(spec, i, lay) for i in range(spec.layers))
         self.norm = Norm(spec.hidden, spec.norm, spec.norm_eps)
 
@@ -340,16 +404,31 @@ class Model(nn.Module):
         del ang, inv
         return cos.unsqueeze(1), sin.unsqueeze(1)
 
+    def embed(self, ids: torch.Tensor, pos: int) -> torch.Tensor:
+        """The residual stream [b, s, h] entering the first block: token embedding, learned
+        positions (OPT/GPT-2), the embedding LayerNorm (BLOOM)."""
+        spec, m = self.spec, self.model
+        s = ids.shape[1]
+        h = m.embed_tokens(ids)
+        if spec.learned_positions:
+            p = torch.arange(pos + spec.position_offset, pos + spec.position_offset + s,
+                             device=ids.device)
+            h.add_(F.embedding(p, m.embed_positions))
+            del p
+        if spec.embed_norm:
+            x = m.embed_layernorm(h)
+            del h
+            h = x
+        return h
+
     def forward(self, ids: torch.Tensor, cache: "KVCache", pos: int) -> torch.Tensor:
         """ids [b, s] -> greedy next token ids [b] (int64)."""
         spec, m = self.spec, self.model
         b, s = ids.shape
         rope = self.rope(pos, s, self.lay.act_dtype)
-        h = m.embed_tokens(ids)
-        if spec.learned_positions:
-            p = torch.arange(pos + spec.position_offset, pos + spec.position_offset + s)
-            h.add_(F.embedding(p, m.embed_positions))
-            del p
+        if rope is not None and ids.device.type != "cpu":
+            rope = tuple(r.to(ids.device) for r in rope)
+        h = self.embed(ids, pos)
         for block in m.layers:
             block(h, cache, pos, rope)
         del rope

@@ -120,7 +120,81 @@ def _hf_names(spec: ModelSpec, name: str) -> list[tuple[str, object]]:
                     tr = ("T",) if kind == "weight" else None
             if n:
                 cands += [(f"h.{i}.{n}", tr), (f"transformer.h.{i}.{n}", tr)]
+    if fam in ("falcon", "bloom"):
+        cands += _falcon_bloom_names(spec, name, m)
+    if fam == "glm":
+        cands += _glm_names(spec, name, m)
     return cands
+
+
+def _falcon_bloom_names(spec: ModelSpec, name: str, m) -> list[tuple[str, object]]:
+    """HF Falcon (RWForCausalLM / FalconForCausalLM) and BLOOM names, with or without the
+    ``transformer.`` prefix. Both fuse q/k/v into ``query_key_value`` as [kv groups, (heads/kv q
+    heads, k, v), head_dim]: Falcon's new decoder architecture literally, Falcon-7B's multi-query
+    layout (q heads, k, v) as the case kv = 1, BLOOM's per-head (q, k, v) as the case kv = heads."""
+    top = {"model.embed_tokens.weight": "word_embeddings.weight",
+           "model.embed_layernorm.weight": "word_embeddings_layernorm.weight",
+           "model.embed_layernorm.bias": "word_embeddings_layernorm.bias",
+           "model.norm.weight": "ln_f.weight", "model.norm.bias": "ln_f.bias"}
+    out: list[tuple[str, object]] = []
+    if name in top:
+        return [(top[name], None), ("transformer." + top[name], None)]
+    if not m:
+        return out
+    i, rest = m.group(1), m.group(2)
+    ns: list[tuple[str, object]] = []
+    pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+    if pm:
+        tr = ("fused_qkv", spec.kv_heads, spec.heads // spec.kv_heads, spec.head_dim,
+              "qkv".index(pm.group(1)))
+        ns.append((f"self_attention.query_key_value.{pm.group(2)}", tr))
+    for ours, theirs in (("self_attn.o_proj.", "self_attention.dense."),
+                         ("mlp.up_proj.", "mlp.dense_h_to_4h."),
+                         ("mlp.down_proj.", "mlp.dense_4h_to_h.")):
+        if rest.startswith(ours):
+            ns.append((theirs + rest[len(ours):], None))
+    if spec.family == "falcon" and spec.parallel_attn and spec.parallel_norms == 2:
+        for ours, theirs in (("input_layernorm.", "ln_attn."),
+                             ("post_attention_layernorm.", "ln_mlp.")):
+            if rest.startswith(ours):
+                ns.append((theirs + rest[len(ours):], None))
+    if rest.startswith(("input_layernorm.", "post_attention_layernorm.")):
+        ns.append((rest, None))
+    for n, tr in ns:
+        out += [(f"h.{i}.{n}", tr), (f"transformer.h.{i}.{n}", tr)]
+    return out
+
+
+def _glm_names(spec: ModelSpec, name: str, m) -> list[tuple[str, object]]:
+    """GLM-130B (SwissArmyTransformer) names, for a single-partition checkpoint converted to
+    safetensors: query_key_value holds q, k, v as contiguous thirds; dense_h_to_4h holds the GeGLU
+    halves [x1; x2] with out = x1 * gelu(x2), so x2 is the gate and x1 the up projection. Not
+    checked against a real GLM-130B checkpoint (it ships as model-parallel .pt shards)."""
+    top = {"model.embed_tokens.weight": "transformer.word_embeddings.weight",
+           "model.norm.weight": "transformer.final_layernorm.weight",
+           "model.norm.bias": "transformer.final_layernorm.bias"}
+    if name in top:
+        return [(top[name], None)]
+    if not m:
+        return []
+    i, rest = m.group(1), m.group(2)
+    p = f"transformer.layers.{i}."
+    q, w = spec.heads * spec.head_dim, spec.ffn
+    pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+    if pm:
+        j = "qkv".index(pm.group(1))
+        return [(p + f"attention.query_key_value.{pm.group(2)}", ("rows", j * q, (j + 1) * q))]
+    pm = re.match(r"mlp\.(gate|up)_proj\.(weight|bias)$", rest)
+    if pm:
+        lo = w if pm.group(1) == "gate" else 0
+        return [(p + f"mlp.dense_h_to_4h.{pm.group(2)}", ("rows", lo, lo + w))]
+    for ours, theirs in (("self_attn.o_proj.", "attention.dense."),
+                         ("mlp.down_proj.", "mlp.dense_4h_to_h.")):
+        if rest.startswith(ours):
+            return [(p + theirs + rest[len(ours):], None)]
+    if rest.startswith(("input_layernorm.", "post_attention_layernorm.")):
+        return [(p + rest, None)]
+    return []
 
 
 def _apply(x: torch.Tensor, tr) -> torch.Tensor:
@@ -132,6 +206,11 @@ def _apply(x: torch.Tensor, tr) -> torch.Tensor:
         return x[tr[1]:tr[2]]
     if tr[0] == "cols_T":
         return x[:, tr[1]:tr[2]].t()
+    if tr[0] == "fused_qkv":  # rows [kv, g + 2, hd]: g query heads, then k, then v, per KV group
+        _, kv, g, hd, j = tr
+        y = x.reshape(kv, g + 2, hd, *x.shape[1:])
+        part = y[:, :g] if j == 0 else y[:, g + j - 1:g + j]
+        return part.reshape(-1, *x.shape[1:])
     raise ValueError(tr)
 
 
