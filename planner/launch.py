@@ -35,6 +35,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--timeout", type=float, default=0,
                    help="kill every rank after this many seconds (0 = no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="spread the ranks over this many hosts: prints the torchrun command to "
+                        "run on each node (with --master-addr) instead of starting anything")
+    p.add_argument("--master-addr", default=None, help="rendezvous host for --nodes > 1")
+    p.add_argument("--master-port", type=int, default=29500, help="rendezvous port (default 29500)")
     q = p.add_argument_group("quality (one process at TP 1 with the checkpoint's tokenizer; no "
                              "memory measurement)")
     q.add_argument("--eval", action="store_true",
@@ -85,10 +90,13 @@ def cmd_launch(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     quality = bool(getattr(args, "eval", False) or getattr(args, "prompt", None) is not None)
     ranks = 1 if quality else plan.tp * plan.pp  # the eval runs TP 1 in one process
+    if args.nodes != 1:
+        return _print_multinode(args, ranks)
     have, what = _device_count(plan.device)
     if ranks > have:
         raise InputError(f"{args.plan}: the plan needs {ranks} rank(s) (TP {plan.tp} x PP "
-                         f"{plan.pp}) but this host has {have} {what}")
+                         f"{plan.pp}) but this host has {have} {what}; to spread it over "
+                         "several hosts, --nodes N --master-addr HOST prints each node's command")
     extra: list[str] = []
     for flag in ("checkpoint", "report"):
         if getattr(args, flag):
@@ -111,6 +119,33 @@ def cmd_launch(args: argparse.Namespace) -> int:
         print(" ".join(cmd))
         return 0
     return run_group(cmd, args.timeout or None)
+
+
+def multinode_commands(plan_path: str, ranks: int, nodes: int, master_addr: str,
+                       master_port: int, extra: list[str] = ()) -> list[list[str]]:
+    """The torchrun command for each node of a multi-node launch (node rank i on the i-th host)."""
+    if nodes < 1 or ranks % nodes:
+        raise InputError(f"--nodes {nodes} must divide the plan's {ranks} ranks")
+    per = ranks // nodes
+    return [["python", "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank",
+             str(i), "--nproc-per-node", str(per), "--master-addr", master_addr,
+             "--master-port", str(master_port), "-m", "runtime", plan_path, *extra]
+            for i in range(nodes)]
+
+
+def _print_multinode(args: argparse.Namespace, ranks: int) -> int:
+    import shlex
+
+    if not args.master_addr:
+        raise InputError("--nodes > 1 needs --master-addr HOST (the host of node 0)")
+    if args.eval or args.prompt is not None:
+        raise InputError("--eval and --prompt run in one process; drop --nodes")
+    cmds = multinode_commands(args.plan, ranks, args.nodes, args.master_addr, args.master_port)
+    print(f"# {ranks} ranks over {args.nodes} nodes; run each line on its node, with the plan "
+          f"file at the same path and the project installed:")
+    for i, c in enumerate(cmds):
+        print(f"# node {i}\n{shlex.join(c)}")
+    return 0
 
 
 def run_group(cmd: list[str], timeout: float | None) -> int:
