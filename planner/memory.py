@@ -325,10 +325,10 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
     heads_r, kv_r = spec.heads // tp, kv_heads_per_rank(spec, tp)
     group = fmt.group if fmt.granularity == "group" else 0
 
-    def lin(n: int, k: int, bias: bool, role: str = "linear") -> int:
+    def lin(n: int, k: int, bias: bool, role: str = "linear", rows: int = 0) -> dict[str, int]:
         q = fmt.quantized and (role in QUANTIZED_ROLES or (role == "lm_head" and quantize_lm_head))
         key = fmt.key if (role in QUANTIZED_ROLES or q) else act_key
-        return _linear_call(key, q, act_key, device, T, n, k, bias, group, a)
+        return _linear_call(key, q, act_key, device, rows or T, n, k, bias, group, a)
 
     best: tuple[int, dict[str, int]] = (0, {})
 
@@ -353,9 +353,14 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
     # into x.float(), x.pow(2) (freed after the mean), x * rstd, * weight, all fp32 [T, h]
     # (x.float() is free for fp32), then the cast back. F.layer_norm: the output and its mean and
     # rstd ([T] each, in the input dtype on the CPU, fp32 on CUDA).
-    rms = (T * h * (4 * 3 if a != 4 else 4 * 2) + 4 * T) if device == "cpu" else H + 4 * T
+    def rms_of(width: int) -> int:
+        return ((T * width * (4 * 3 if a != 4 else 4 * 2) + 4 * T) if device == "cpu"
+                else T * width * a + 4 * T)
+
+    rms = rms_of(h)
     ln = H + 2 * T * (a if device == "cpu" else 4)
-    R = s_q * hd * a if (has_layers and spec.rope_theta) else 0  # cos and sin, [s_q, hd/2] each
+    rope_d = spec.qk_rope_dim if spec.mla else hd  # MLA: RoPE on the qk_rope_dim part only
+    R = s_q * rope_d * a if (has_layers and spec.rope_theta) else 0  # cos, sin [s_q, rope_d/2]
     if has_layers and spec.embed_norm:  # BLOOM: LayerNorm of the token embedding (a new tensor)
         at("embed_norm", {"rope": R, "embedding": H,
                           "norm": ln if spec.norm == "layernorm" else rms})
@@ -363,43 +368,47 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
         if spec.norm == "rmsnorm":
             at("norm", {"residual": H, "rope": R, "rms_norm": rms})
         base = {"residual": H, "rope": R, "normed": H}
-        Q, K = T * heads_r * hd * a, T * kv_r * hd * a
-        at("attn.q_proj", {**base, "q_proj": lin(heads_r * hd, h, spec.qkv_bias)})
-        at("attn.k_proj", {**base, "q": Q, "k_proj": lin(kv_r * hd, h, spec.qkv_bias)})
-        at("attn.v_proj", {**base, "q": Q, "k": K, "v_proj": lin(kv_r * hd, h, spec.qkv_bias)})
-        if spec.rope_theta:
-            at("attn.rope", {**base, "q": Q, "k": K, "v": K, "rope_tmp": Q // 2})
-        el = seqs * kv_r * s_q * hd  # elements of K (or V) written this step
-        if kvf.scale_bytes or kvf.key == "fp8":
-            at("attn.kv_write", {**base, "q": Q, "k": K, "v": K, "abs": el * a,
-                                 "quant_fp32": 8 * el})
-        n_kv = seqs * kv_r * s_kv  # cached vectors read (per K or V)
-        kv_act = kvf.key == act_key
-        if kv_act:
-            read = {}
-        elif kvf.key == "int4":
-            read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a,
-                    "unpack": n_kv * (hd + 1) // 2 * 2 + n_kv * hd}
+        if spec.mla:
+            _mla_attention(at, base, lin, spec, kvf, device, T, seqs, s_q, s_kv, heads_r, a,
+                           rms_of)
         else:
-            read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a
-                    if kvf.scale_bytes else 0}
-        lse = seqs * heads_r * s_q * 4 if device == "cpu" else 0
-        kv_live = {f"kv_{k}": v for k, v in read.items()}
-        mask: dict[str, int] = {}
-        if spec.alibi:
-            # runtime/model.py _alibi, per layer right before SDPA: fp32 key/query positions and
-            # distances [s_q, s_kv], a bool causal test, then the mask [1, heads_r, s_q, s_kv]
-            # in the activation dtype and the slopes
-            rel = s_q * s_kv * 4
-            live = {**base, "q": Q, **kv_live}
-            at("attn.alibi_pos", {**live, "kpos": s_kv * 4, "qpos": s_q * 4, "alibi_rel": rel})
-            at("attn.alibi_causal", {**live, "alibi_rel": rel, "causal_bool": s_q * s_kv})
-            mask = {"alibi_mask": heads_r * s_q * s_kv * a}
-            at("attn.alibi_mask", {**live, "alibi_rel": rel, **mask})
-            at("attn.alibi_slopes", {**live, **mask, "slopes": heads_r * a})
-        at("attn.sdpa", {**base, "q": Q, **kv_live, **mask, "out": Q, "logsumexp": lse})
-        # row-parallel: the bias is added in place after the all-reduce, not inside the matmul
-        at("attn.o_proj", {**base, "attn_out": Q, "o_proj": lin(h, heads_r * hd, False)})
+            Q, K = T * heads_r * hd * a, T * kv_r * hd * a
+            at("attn.q_proj", {**base, "q_proj": lin(heads_r * hd, h, spec.qkv_bias)})
+            at("attn.k_proj", {**base, "q": Q, "k_proj": lin(kv_r * hd, h, spec.qkv_bias)})
+            at("attn.v_proj", {**base, "q": Q, "k": K, "v_proj": lin(kv_r * hd, h, spec.qkv_bias)})
+            if spec.rope_theta:
+                at("attn.rope", {**base, "q": Q, "k": K, "v": K, "rope_tmp": Q // 2})
+            el = seqs * kv_r * s_q * hd  # elements of K (or V) written this step
+            if kvf.scale_bytes or kvf.key == "fp8":
+                at("attn.kv_write", {**base, "q": Q, "k": K, "v": K, "abs": el * a,
+                                     "quant_fp32": 8 * el})
+            n_kv = seqs * kv_r * s_kv  # cached vectors read (per K or V)
+            kv_act = kvf.key == act_key
+            if kv_act:
+                read = {}
+            elif kvf.key == "int4":
+                read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a,
+                        "unpack": n_kv * (hd + 1) // 2 * 2 + n_kv * hd}
+            else:
+                read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a
+                        if kvf.scale_bytes else 0}
+            lse = seqs * heads_r * s_q * 4 if device == "cpu" else 0
+            kv_live = {f"kv_{k}": v for k, v in read.items()}
+            mask: dict[str, int] = {}
+            if spec.alibi:
+                # runtime/model.py _alibi, per layer right before SDPA: fp32 key/query positions and
+                # distances [s_q, s_kv], a bool causal test, then the mask [1, heads_r, s_q, s_kv]
+                # in the activation dtype and the slopes
+                rel = s_q * s_kv * 4
+                live = {**base, "q": Q, **kv_live}
+                at("attn.alibi_pos", {**live, "kpos": s_kv * 4, "qpos": s_q * 4, "alibi_rel": rel})
+                at("attn.alibi_causal", {**live, "alibi_rel": rel, "causal_bool": s_q * s_kv})
+                mask = {"alibi_mask": heads_r * s_q * s_kv * a}
+                at("attn.alibi_mask", {**live, "alibi_rel": rel, **mask})
+                at("attn.alibi_slopes", {**live, **mask, "slopes": heads_r * a})
+            at("attn.sdpa", {**base, "q": Q, **kv_live, **mask, "out": Q, "logsumexp": lse})
+            # row-parallel: the bias is added in place after the all-reduce, not inside the matmul
+            at("attn.o_proj", {**base, "attn_out": Q, "o_proj": lin(h, heads_r * hd, False)})
         # parallel attention with two norms (Falcon-40B/180B): ln_mlp reads the block input, so
         # the attention output [T, h] is held through the MLP. One shared norm: the MLP reads the
         # same normed x and the attention output goes into the residual at once (no extra).
@@ -422,7 +431,11 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
             at(f"{prefix}.down_proj", {**base, **extra, "act": F_,
                                        "down_proj": lin(h, width, False, role)})
 
-        if spec.moe:
+        if spec.moe and spec.family == "deepseek_v3":
+            _deepseek_moe(at, base, held, mlp, spec, T, H, tp, a)
+            if spec.dense_layers:
+                mlp("mlp", spec.ffn // tp, "linear", held)
+        elif spec.moe:
             E, k = spec.experts, spec.experts_per_token
             router = {"logits": T * E * a, "probs": T * E * 4}
             at("moe.router", {**base, **held, **router})
@@ -443,6 +456,81 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
         at("lm_head.logits", {"last_normed": x, "logits": logits})
         at("lm_head.fp32", {"logits": seqs * vr * a, "logits_fp32": seqs * vr * 4})
     return best
+
+
+def _mla_attention(at, base: dict, lin, spec: ModelSpec, kvf: KVFormat, device: str, T: int,
+                   seqs: int, s_q: int, s_kv: int, heads_r: int, a: int, rms_of) -> None:
+    """runtime/model.py MLAttention, moment by moment: q through q_a -> norm -> q_b, kv_a and its
+    norm, RoPE, the latent write, the latent read, kv_b expanding this rank's heads over all
+    ``s_kv`` cached tokens, K built [nope | rope], V padded to the query head dim, SDPA, the slice
+    back to v_head_dim, o_proj."""
+    h, L, r = spec.hidden, spec.kv_lora_rank, spec.qk_rope_dim
+    nope, vd = spec.qk_nope_dim, spec.v_head_dim
+    qd, D = nope + r, L + r
+    Q = T * heads_r * qd * a
+    if spec.q_lora_rank:
+        ql = spec.q_lora_rank
+        at("attn.q_a_proj", {**base, "q_a_proj": lin(ql, h, False)})
+        at("attn.q_a_layernorm", {**base, "q_a": T * ql * a, "rms_norm": rms_of(ql)})
+        at("attn.q_b_proj", {**base, "q_a_normed": T * ql * a,
+                             "q_b_proj": lin(heads_r * qd, ql, False)})
+    else:
+        at("attn.q_proj", {**base, "q_proj": lin(heads_r * qd, h, False)})
+    at("attn.kv_a_proj", {**base, "q": Q, "kv_a_proj": lin(D, h, False)})
+    KVA, C = T * D * a, T * L * a
+    at("attn.kv_a_layernorm", {**base, "q": Q, "kv_a": KVA, "rms_norm": rms_of(L)})
+    live = {**base, "q": Q, "kv_a": KVA, "latent": C}
+    if spec.rope_theta:
+        at("attn.rope", {**live, "rope_tmp": T * heads_r * r // 2 * a})
+    el = T * D
+    if kvf.scale_bytes:  # quantized KV: [latent | k_rope] concatenated, one scale per vector
+        at("attn.kv_write", {**live, "cat": el * a, "abs": el * a, "quant_fp32": 8 * el})
+    N = seqs * s_kv  # cached tokens read
+    deq: dict[str, int] = {}
+    if kvf.scale_bytes:
+        deq = {"kv_deq": N * D * a}
+        unpack = N * (D + 1) // 2 * 2 + N * D if kvf.key == "int4" else 0
+        at("attn.kv_read", {**base, "q": Q, **deq, "kv_scales": N * a, "unpack": unpack})
+    lat = {"kv_latent": N * L * a}
+    at("attn.kv_latent", {**base, "q": Q, **deq, **lat})
+    KV = N * heads_r * (nope + vd) * a
+    at("attn.kv_b_proj", {**base, "q": Q, **deq, **lat,
+                          "kv_b_proj": lin(heads_r * (nope + vd), L, False, rows=N)})
+    K = N * heads_r * qd * a
+    at("attn.k", {**base, "q": Q, **deq, "kv": KV, "k": K})
+    V = {"v_pad": K} if vd < qd else {"kv": KV}
+    if vd < qd:
+        at("attn.v_pad", {**base, "q": Q, "kv": KV, "k": K, **V})
+    lse = seqs * heads_r * s_q * 4 if device == "cpu" else 0
+    at("attn.sdpa", {**base, "q": Q, "k": K, **V, "out": Q, "logsumexp": lse})
+    O = T * heads_r * vd * a
+    if vd < qd:
+        at("attn.o_slice", {**base, "sdpa_out": Q, "attn_out": O})
+    at("attn.o_proj", {**base, "attn_out": O, "o_proj": lin(h, heads_r * vd, False)})
+
+
+def _deepseek_moe(at, base: dict, held: dict, mlp, spec: ModelSpec, T: int, H: int, tp: int,
+                  a: int) -> None:
+    """runtime/model.py MoE for deepseek_v3: fp32 sigmoid scores, scores + bias for the top-k,
+    the chosen scores gathered and normalized, the dense [T, E] weights; the shared expert's
+    output is the accumulator the routed experts (every one on every token) add into."""
+    E, k = spec.experts, spec.experts_per_token
+    width = spec.expert_ffn or spec.ffn
+    at("moe.router", {**base, **held, "logits": T * E * a, "scores": T * E * 4})
+    choice = {"choice": T * E * 4} if spec.router_bias else {}
+    at("moe.topk", {**base, **held, "scores": T * E * 4, **choice, "topk_values": T * k * 4,
+                    "topk_ids": T * k * 8})
+    at("moe.gather", {**base, **held, "scores": T * E * 4, "topk_ids": T * k * 8,
+                      "weights": T * k * 4})
+    at("moe.scatter", {**base, **held, "topk_ids": T * k * 8, "weights": T * k * 4,
+                       "dense_weights": T * E * a, "weights_cast": T * k * a})
+    dense = {**held, "dense_weights": T * E * a}
+    if spec.shared_experts:
+        mlp("moe.shared", width * spec.shared_experts // tp, "linear", dense)
+        mlp("moe.expert", width // tp, "expert", {**dense, "moe_out": H})
+    else:
+        at("moe.zeros", {**base, **dense, "moe_out": H})
+        mlp("moe.expert", width // tp, "expert", {**dense, "moe_out": H})
 
 
 def _tied_head(spec: ModelSpec) -> Tensor:

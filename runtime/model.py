@@ -14,7 +14,8 @@ for the last position with a vocab-parallel argmax (no gathered logits). ``plann
 Families built: llama, mistral, qwen2, phi3 (RMSNorm, SwiGLU, RoPE, GQA, QKV biases), opt, gpt2
 (LayerNorm, learned positions, biases, plain MLP), mixtral (MoE, top-k routing), falcon (parallel
 attention + MLP, one or two input norms, GQA/MQA), bloom (ALiBi, LayerNorm after the embedding) and glm
-(GLM-130B-style GeGLU, pre-LN here; see runtime/NOTES.md). deepseek_v3 (MLA) is refused by name.
+(GLM-130B-style GeGLU, pre-LN here; see runtime/NOTES.md) and deepseek_v3 (MLA attention with a
+cached latent, sigmoid-routed MoE with shared experts, dense leading layers; see runtime/NOTES.md).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from planner.precision import QUANTIZED_ROLES
 from planner.spec import ModelSpec
 
 BUILT_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "mixtral", "falcon", "bloom",
-                  "glm")
-NOT_BUILT = {"deepseek_v3": "MLA + shared-expert MoE"}
+                  "glm", "deepseek_v3")
+NOT_BUILT: dict[str, str] = {}
 
 
 class RuntimeError_(Exception):
@@ -46,8 +47,14 @@ def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
         what = NOT_BUILT.get(spec.family, spec.family)
         raise RuntimeError_(f"the runtime does not build the {spec.family} family ({what}) yet; "
                             f"built: {', '.join(BUILT_FAMILIES)}")
-    if spec.mla or spec.shared_experts or spec.dense_layers or spec.router_bias:
-        raise RuntimeError_(f"{spec.name}: MLA / shared experts / dense MoE layers are not built")
+    if spec.family != "deepseek_v3" and (spec.mla or spec.shared_experts or spec.router_bias):
+        raise RuntimeError_(f"{spec.name}: MLA / shared experts / router bias are built for the "
+                            f"deepseek_v3 family only")
+    if spec.mla and spec.v_head_dim > spec.q_head_dim:
+        raise RuntimeError_(f"{spec.name}: MLA with v_head_dim {spec.v_head_dim} above the query "
+                            f"head dim {spec.q_head_dim} is not built")
+    if spec.mla and spec.qk_rope_dim % 2:
+        raise RuntimeError_(f"{spec.name}: an odd qk_rope_dim ({spec.qk_rope_dim}) is not built")
     if spec.alibi and spec.rope_theta:
         raise RuntimeError_(f"{spec.name}: ALiBi and RoPE together are not built")
     if spec.sliding_window and context > spec.sliding_window:
@@ -243,6 +250,79 @@ class Attention(nn.Module):
         return mask
 
 
+class MLAttention(nn.Module):
+    """DeepSeek-V2/V3 multi-head latent attention, naive form. q: x -> q_a_proj (replicated) ->
+    q_a_layernorm -> q_b_proj (column: this rank's heads), [nope | rope] per head. kv: x ->
+    kv_a_proj_with_mqa (replicated) -> [latent | k_rope]; the normed latent and the rotated k_rope
+    are cached (one vector of kv_lora_rank + qk_rope_dim per token, the same on every TP rank). At
+    attention time the cached latent is expanded by kv_b_proj (column) into this rank's heads'
+    k_nope and v; k_rope is shared by every head. SDPA runs with q/k of nope + rope and v padded to
+    that width (the CPU flash kernel needs equal head dims; unequal ones take the math path, which
+    materializes the scores), scale 1/sqrt(nope + rope); the padding is sliced off before o_proj."""
+
+    def __init__(self, spec: ModelSpec, lay: Layout):
+        super().__init__()
+        t, h = lay.tp, spec.hidden
+        self.heads = spec.heads // t
+        self.nope, self.rope_d, self.vd = spec.qk_nope_dim, spec.qk_rope_dim, spec.v_head_dim
+        self.qd = self.nope + self.rope_d
+        self.lora = spec.kv_lora_rank
+        if spec.q_lora_rank:
+            self.q_a_proj = Linear(spec.q_lora_rank, h, False, "replicated", "linear", lay)
+            self.q_a_layernorm = Norm(spec.q_lora_rank, "rmsnorm", spec.norm_eps)
+            self.q_b_proj = Linear(self.heads * self.qd, spec.q_lora_rank, False, "column",
+                                   "linear", lay)
+        else:
+            self.q_proj = Linear(self.heads * self.qd, h, False, "column", "linear", lay)
+        self.kv_a_proj_with_mqa = Linear(self.lora + self.rope_d, h, False, "replicated",
+                                         "linear", lay)
+        self.kv_a_layernorm = Norm(self.lora, "rmsnorm", spec.norm_eps)
+        self.kv_b_proj = Linear(self.heads * (self.nope + self.vd), self.lora, False, "column",
+                                "linear", lay)
+        self.o_proj = Linear(h, self.heads * self.vd, False, "row", "linear", lay)
+        self.q_lora = spec.q_lora_rank
+
+    def forward(self, x: torch.Tensor, layer: int, cache: "KVCache", pos: int,
+                rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        b, s, _ = x.shape
+        H, nope, qd, L = self.heads, self.nope, self.qd, self.lora
+        if self.q_lora:
+            qa = self.q_a_proj(x)
+            qn = self.q_a_layernorm(qa)
+            del qa
+            q = self.q_b_proj(qn).view(b, s, H, qd)
+            del qn
+        else:
+            q = self.q_proj(x).view(b, s, H, qd)
+        kva = self.kv_a_proj_with_mqa(x)  # [b, s, L + rope]
+        c = self.kv_a_layernorm(kva[..., :L])  # a new [b, s, L]
+        k_pe = kva[..., L:].unsqueeze(2)  # [b, s, 1, rope] view
+        if rope is not None:
+            _rope_(q[..., nope:], *rope)
+            _rope_(k_pe, *rope)
+        cache.write_latent(layer, pos, c, k_pe.squeeze(2))
+        del c, k_pe, kva
+        n = pos + s
+        lat, pe = cache.read_latent(layer, n, q.dtype)  # [b, n, L] contiguous, [b, n, rope]
+        kv = self.kv_b_proj(lat).view(b, n, H, nope + self.vd)
+        del lat
+        k = torch.empty(b, H, n, qd, dtype=q.dtype, device=q.device)
+        k[..., :nope].copy_(kv[..., :nope].transpose(1, 2))
+        k[..., nope:].copy_(pe.unsqueeze(1))
+        del pe
+        v = kv[..., nope:].transpose(1, 2)
+        if self.vd < qd:
+            v = F.pad(v, (0, qd - self.vd))
+        del kv
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k, v,
+                                           is_causal=(pos == 0 and s > 1))
+        del q, k, v
+        o = o.transpose(1, 2)
+        if self.vd < qd or not o.is_contiguous():
+            o = o[..., :self.vd].contiguous()
+        return self.o_proj(o.view(b, s, H * self.vd))
+
+
 def _rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
     """Rotate x [b, s, heads, hd] in place (HF rotate_half convention); one half-size temporary."""
     half = x.shape[-1] // 2
@@ -286,6 +366,19 @@ def _act_(x: torch.Tensor, kind: str, approximate: str = "tanh") -> None:
         torch.ops.aten.gelu_(x, approximate=approximate)
 
 
+class Router(Linear):
+    """The MoE gate: a replicated linear [E, h] in the activation dtype, and for DeepSeek-V3 an fp32
+    ``e_score_correction_bias`` [E] (inventory dtype fp32, kept fp32 by set_tensor)."""
+
+    FP32 = ("e_score_correction_bias",)
+
+    def __init__(self, experts: int, h: int, bias: bool, lay: Layout):
+        super().__init__(experts, h, False, "replicated", "router", lay)
+        self.e_score_correction_bias = (
+            nn.Parameter(torch.empty(experts, device="meta"), requires_grad=False)
+            if bias else None)
+
+
 class MoE(nn.Module):
     """Top-k routed experts. Every expert runs on every token of the step, one expert at a time,
     and its output is added with the routing weight (zero for tokens not routed to it): the memory
@@ -295,21 +388,48 @@ class MoE(nn.Module):
         super().__init__()
         self.k = spec.experts_per_token
         self.n = spec.experts
-        self.gate = Linear(spec.experts, spec.hidden, False, "replicated", "router", lay)
-        self.experts = nn.ModuleList(MLP(spec, spec.expert_ffn or spec.ffn, "expert", lay)
+        self.sigmoid = spec.family == "deepseek_v3"
+        self.gate = Router(spec.experts, spec.hidden, spec.router_bias, lay)
+        width = spec.expert_ffn or spec.ffn
+        self.experts = nn.ModuleList(MLP(spec, width, "expert", lay)
                                      for _ in range(spec.experts))
+        self.shared_experts = (MLP(spec, width * spec.shared_experts, "linear", lay)
+                               if spec.shared_experts else None)
+
+    def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights [.., k] fp32, expert ids [.., k]). Mixtral: softmax, top-k, renormalize.
+        DeepSeek-V3: sigmoid scores; the top-k is chosen on scores + e_score_correction_bias and
+        the weights are the chosen experts' scores normalized to sum 1 (group-limited routing and
+        routed_scaling_factor are not in the spec; neither changes a tensor's size)."""
+        logits = self.gate(x)
+        if not self.sigmoid:
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+            del logits
+            w, idx = torch.topk(probs, self.k, dim=-1)
+            del probs
+            return w, idx
+        scores = logits.float()
+        del logits
+        scores.sigmoid_()
+        bias = self.gate.e_score_correction_bias
+        if bias is not None:
+            choice = scores + bias
+            _, idx = torch.topk(choice, self.k, dim=-1)
+            del choice
+        else:
+            _, idx = torch.topk(scores, self.k, dim=-1)
+        w = scores.gather(-1, idx)
+        del scores
+        return w, idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.gate(x)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-        del logits
-        w, idx = torch.topk(probs, self.k, dim=-1)
-        del probs
+        w, idx = self.route(x)
         w /= w.sum(dim=-1, keepdim=True)
         dense = torch.zeros(*x.shape[:-1], self.n, dtype=x.dtype, device=x.device)
         dense.scatter_(-1, idx, w.to(x.dtype))
         del w, idx
-        out = torch.zeros_like(x)
+        # the shared expert's output is the accumulator (no separate zeros [T, h])
+        out = self.shared_experts(x) if self.shared_experts is not None else torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
             y = expert(x)
             out.addcmul_(y, dense[..., e:e + 1])
@@ -321,7 +441,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, i: int, lay: Layout):
         super().__init__()
         self.input_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
-        self.self_attn = Attention(spec, lay)
+        self.self_attn = MLAttention(spec, lay) if spec.mla else Attention(spec, lay)
         self.parallel = spec.parallel_attn
         if not self.parallel or spec.parallel_norms == 2:
             # Falcon-40B/180B: ln_attn = input_layernorm, ln_mlp = post_attention_layernorm
@@ -397,7 +517,7 @@ class Model(nn.Module):
         spec = self.spec
         if not spec.rope_theta:
             return None
-        hd = spec.head_dim
+        hd = spec.qk_rope_dim if spec.mla else spec.head_dim
         inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
         ang = torch.outer(torch.arange(pos, pos + s, dtype=torch.float32), inv)
         cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
@@ -481,6 +601,13 @@ class KVCache:
         self.fmt = fmt
         L, kv, hd = spec.layers, kv_heads_per_rank(spec, tp), spec.head_dim
         shape = (L, 2, batch, kv, tokens)
+        self.mla = spec.mla
+        if spec.mla:
+            # MLA: one vector per token per layer, [normed latent | rotated k_rope], the same on
+            # every TP rank; quantized formats take one scale per vector
+            hd = spec.kv_lora_rank + spec.qk_rope_dim
+            shape = (L, batch, tokens)
+            self.lora = spec.kv_lora_rank
         self.scale = None
         if fmt in _KV_DTYPES:
             self.data = torch.zeros(*shape, hd, dtype=_KV_DTYPES[fmt], device=device)
@@ -530,6 +657,52 @@ class KVCache:
                 dst.copy_(u[..., 0::2] | (u[..., 1::2] << 4))
                 del u
             del q
+
+    def write_latent(self, layer: int, pos: int, c: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """MLA: c [b, s, lora] and k_pe [b, s, rope] -> positions pos..pos+s of one layer."""
+        s = c.shape[1]
+        dst = self.data[layer, :, pos:pos + s]
+        if self.scale is None:
+            dst[..., :self.lora].copy_(c)
+            dst[..., self.lora:].copy_(k_pe)
+            return
+        x = torch.cat([c, k_pe], dim=-1)  # quantized formats: one scale over the whole vector
+        qmax = 127 if self.fmt == "int8" else 7
+        sc = x.abs().amax(dim=-1).float().div_(qmax).clamp_(min=2.0 ** -24)
+        self.scale[layer, :, pos:pos + s].copy_(sc)
+        q = (x.float() / sc.unsqueeze(-1)).round_().clamp_(-qmax, qmax)
+        del sc, x
+        if self.fmt == "int8":
+            dst.copy_(q)
+        else:
+            q += 8
+            u = q.to(torch.uint8)
+            if self.hd % 2:
+                u = F.pad(u, (0, 1))
+            dst.copy_(u[..., 0::2] | (u[..., 1::2] << 4))
+            del u
+        del q
+
+    def read_latent(self, layer: int, n: int,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """MLA: (latent [b, n, lora] as a new contiguous tensor in ``dtype`` (kv_b_proj's input),
+        k_rope [b, n, rope]: a view of the cache when it needs no dequantization)."""
+        d = self.data[layer, :, :n]
+        L = self.lora
+        if self.scale is None:
+            lat = torch.empty(*d.shape[:-1], L, dtype=dtype, device=d.device)
+            lat.copy_(d[..., :L])
+            return lat, d[..., L:]
+        sc = self.scale[layer, :, :n].unsqueeze(-1).to(dtype)
+        if self.fmt == "int8":
+            x = d.to(dtype)
+        else:
+            x = torch.stack(((d & 0xF), (d >> 4)), dim=-1).flatten(-2)[..., :self.hd]
+            x = x.to(dtype).sub_(8)
+        x.mul_(sc)
+        del sc
+        lat = x[..., :L].contiguous()
+        return lat, x[..., L:]
 
     def read(self, layer: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V [b, kv, n, hd] in ``dtype``: views when the cache already is that dtype, else
@@ -605,7 +778,7 @@ def set_tensor(model: Model, name: str, shard: torch.Tensor) -> None:
     if isinstance(mod, Linear) and attr == "weight":
         mod.set_weight(shard)
         return
-    dt = model.lay.act_dtype
+    dt = torch.float32 if attr in getattr(mod, "FP32", ()) else model.lay.act_dtype
     expected = tuple(getattr(mod, attr).shape)
     if tuple(shard.shape) != expected:
         raise RuntimeError_(f"{name}: shape {tuple(shard.shape)} does not match {expected}")

@@ -124,6 +124,15 @@ def _hf_names(spec: ModelSpec, name: str) -> list[tuple[str, object]]:
         cands += _falcon_bloom_names(spec, name, m)
     if fam == "glm":
         cands += _glm_names(spec, name, m)
+    if fam == "deepseek_v3" and m:
+        # HF DeepSeek-V3 names are the inventory's; the rotary rows are stored interleaved (pairs,
+        # the reference code's complex multiply; transformers' rope_interleave): read them as
+        # rotate-half [evens | odds], which is what HF computes before its rotary embedding
+        rest, r = m.group(2), spec.qk_rope_dim
+        if rest in ("self_attn.q_b_proj.weight", "self_attn.q_proj.weight"):
+            cands = [(name, ("rope_rows", spec.heads, spec.q_head_dim, spec.qk_nope_dim, r))]
+        elif rest == "self_attn.kv_a_proj_with_mqa.weight":
+            cands = [(name, ("rope_rows", 1, spec.kv_lora_rank + r, spec.kv_lora_rank, r))]
     return cands
 
 
@@ -211,7 +220,24 @@ def _apply(x: torch.Tensor, tr) -> torch.Tensor:
         y = x.reshape(kv, g + 2, hd, *x.shape[1:])
         part = y[:, :g] if j == 0 else y[:, g + j - 1:g + j]
         return part.reshape(-1, *x.shape[1:])
+    if tr[0] == "rope_rows":  # rows [blocks, block]; in each block rows off..off+r interleaved
+        _, blocks, block, off, r = tr
+        y = x.reshape(blocks, block, *x.shape[1:])
+        rot = y[:, off:off + r].reshape(blocks, r // 2, 2, *x.shape[1:]).transpose(1, 2)
+        return torch.cat([y[:, :off], rot.reshape(blocks, r, *x.shape[1:]), y[:, off + r:]],
+                         dim=1).reshape(x.shape)
     raise ValueError(tr)
+
+
+FP8_BLOCK = 128
+"""DeepSeek-V3's fp8 checkpoints: ``weight`` float8_e4m3fn with ``weight_scale_inv`` [ceil(out /
+128), ceil(in / 128)] fp32, one scale per 128 x 128 block (quantization_config.weight_block_size)."""
+
+
+def _dequant_fp8(x: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
+    n, k = x.shape
+    s = scale_inv.float().repeat_interleave(FP8_BLOCK, 0)[:n].repeat_interleave(FP8_BLOCK, 1)[:, :k]
+    return x.float() * s
 
 
 class SafetensorsSource(Source):
@@ -263,6 +289,10 @@ class SafetensorsSource(Source):
         cname, tr = self.resolved[name]
         try:
             x = self._readers[self.where[cname]].get_tensor(cname)
+            if x.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and x.dim() == 2 \
+                    and cname + "_scale_inv" in self.where:
+                sname = cname + "_scale_inv"
+                x = _dequant_fp8(x, self._readers[self.where[sname]].get_tensor(sname))
         except Exception as e:
             raise RuntimeError_(f"{self.where[cname]}: cannot read tensor {cname} ({e})") from None
         return _apply(x, tr).float().contiguous()

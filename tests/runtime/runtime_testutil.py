@@ -88,3 +88,13 @@ GLM = ModelSpec(name="tiny-glm", family="glm", layers=2, hidden=256, heads=8, kv
                 head_dim=32, ffn=512, vocab=1000, gated_ffn=True, activation="gelu",
                 tied_embeddings=True, norm="layernorm", qkv_bias=True, o_bias=True, mlp_bias=True,
                 rope_theta=10000.0, max_context=2048)
+
+# DeepSeek-V3 style (tests/runtime/test_runtime_mla.py): MLA attention (q and kv low-rank, a cached
+# latent of kv_lora + rope per token), 1 dense leading layer, then MoE layers with 4 routed experts
+# (top-2, sigmoid + fp32 score-correction bias) and 1 shared expert. Every K per rank a multiple of
+# 128 at TP 1 and TP 2 (q_b/kv_b read 128, o_proj 8 x 32 / TP, experts 256 / TP) for int4-g128.
+DEEPSEEK = ModelSpec(name="tiny-deepseek-v3", family="deepseek_v3", layers=3, hidden=256, heads=8,
+                     kv_heads=8, head_dim=32, ffn=512, vocab=1000, experts=4, experts_per_token=2,
+                     shared_experts=1, expert_ffn=256, dense_layers=1, router_bias=True,
+                     q_lora_rank=128, kv_lora_rank=128, qk_nope_dim=32, qk_rope_dim=16,
+                     v_head_dim=32, rope_theta=10000.0, norm_eps=1e-6, max_context=4096)
