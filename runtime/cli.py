@@ -91,14 +91,8 @@ def _quality(args) -> int:
                       kv=plan.kv_cache, device_name=device, tokenizer=args.tokenizer,
                       prompt=args.prompt, new_tokens=args.max_new_tokens)
             doc["plan"] = os.path.abspath(args.plan)
-            if args.report:
-                with open(args.report, "w") as f:
-                    json.dump(doc, f, indent=1)
-            if args.json:
-                print(json.dumps(doc))
-            else:
-                from planner.quality import render as render_quality
-                print(render_quality(doc))
+            from planner.quality import render as render_quality
+            _emit_report(args, doc, render_quality)
             return 0
         return _generate_only(args, plan, ckpt, device)
     except EvalError as e:
@@ -230,7 +224,7 @@ def _rank_main(args, plan, rank, world, device, group) -> int:
     import torch
     from runtime import weights as W
     from runtime.measure import PhaseTracker, model_bytes, rss_bytes
-    from runtime.model import KVCache, Layout, RuntimeError_, build
+    from runtime.model import KVCache, Layout, RuntimeError_, build, move_to
 
     free_info = _check_free(plan, rank, device, args.force)
     act = _act_dtype(plan, device)
@@ -253,13 +247,7 @@ def _rank_main(args, plan, rank, world, device, group) -> int:
             W.materialize_checkpoint(model, src)
         else:
             W.materialize_random(model, args.seed)
-        if device.type == "cuda":
-            model.to(device)
-            for mod in model.modules():
-                if getattr(mod, "packed", None) is not None:
-                    mod.packed = mod.packed.to(device)
-                    for name, buf in mod.packed.buffers.items():
-                        setattr(mod, f"w_{name}", buf)
+        move_to(model, device)
         load_s = time.perf_counter() - t0
         rss = rss_bytes()
         result["loading"] = {"source": ckpt or "random", "seconds": round(load_s, 3),
@@ -349,14 +337,16 @@ def _report(args, plan, rank, world, result, group) -> int:
            "ranks": results,
            "tokens_per_s": {k: min(r["tokens_per_s"][k] for r in results)
                             for k in ("prefill", "decode")}}
+    _emit_report(args, doc, render)
+    return 0 if ok else 1
+
+
+def _emit_report(args, doc: dict, render_text) -> None:
+    """Write the JSON report to --report, and print it (--json) or its table."""
     if args.report:
         with open(args.report, "w") as f:
             json.dump(doc, f, indent=1)
-    if args.json:
-        print(json.dumps(doc))
-    else:
-        print(render(doc))
-    return 0 if ok else 1
+    print(json.dumps(doc) if args.json else render_text(doc))
 
 
 def render(doc: dict) -> str:

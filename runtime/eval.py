@@ -101,18 +101,12 @@ def act_dtype(device, weights: str):
 
 def load_model(spec, src, key: str, act, device):
     """The TP-1 model with its quantized linears in format ``key``, loaded from ``src``."""
-    from runtime.model import Layout, build
+    from runtime.model import Layout, build, move_to
     from runtime.weights import materialize_checkpoint
     t0 = time.perf_counter()
     model = build(spec, Layout(tp=1, rank=0, weights=key, act_dtype=act))
     materialize_checkpoint(model, src)
-    if device.type == "cuda":
-        model.to(device)
-        for mod in model.modules():
-            if getattr(mod, "packed", None) is not None:
-                mod.packed = mod.packed.to(device)
-                for name, buf in mod.packed.buffers.items():
-                    setattr(mod, f"w_{name}", buf)
+    move_to(model, device)
     return model, time.perf_counter() - t0
 
 

@@ -784,3 +784,17 @@ def set_tensor(model: Model, name: str, shard: torch.Tensor) -> None:
         raise RuntimeError_(f"{name}: shape {tuple(shard.shape)} does not match {expected}")
     # requires_grad stays True: MemTracker hooks every parameter (grad is disabled globally)
     setattr(mod, attr, nn.Parameter(shard.to(dt).clone()))
+
+
+def move_to(model: "nn.Module", device: torch.device) -> "nn.Module":
+    """Move a materialized model to ``device``, packed quantized weights included (their buffers
+    live on the PackedWeight objects and are re-exposed as ``w_<name>`` attributes)."""
+    if device.type == "cpu":
+        return model
+    model.to(device)
+    for mod in model.modules():
+        if getattr(mod, "packed", None) is not None:
+            mod.packed = mod.packed.to(device)
+            for name, buf in mod.packed.buffers.items():
+                setattr(mod, f"w_{name}", buf)
+    return model

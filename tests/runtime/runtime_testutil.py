@@ -98,3 +98,24 @@ DEEPSEEK = ModelSpec(name="tiny-deepseek-v3", family="deepseek_v3", layers=3, hi
                      shared_experts=1, expert_ffn=256, dense_layers=1, router_bias=True,
                      q_lora_rank=128, kv_lora_rank=128, qk_nope_dim=32, qk_rope_dim=16,
                      v_head_dim=32, rope_theta=10000.0, norm_eps=1e-6, max_context=4096)
+
+
+def launch_and_check(tmp_path, spec, weights: str, tp: int, kv: str = "fp16",
+                     *extra: str) -> dict:
+    """Make a plan, launch it, and assert what every CPU test of the runtime asserts: exit 0, one
+    report per rank, weights and KV cache equal to the prediction to the byte, activations within
+    10%. Returns the report."""
+    plan = tmp_path / "plan.yaml"
+    doc = make_plan(str(plan), spec, weights, kv, tp)
+    proc = launch(str(plan), "--json", *extra)
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    rep = report_of(proc)
+    assert rep["ok"] and len(rep["ranks"]) == tp
+    for r in rep["ranks"]:
+        pred = doc["prediction"]["ranks"][r["rank"]]["bytes"]
+        lines = r["lines"]
+        assert lines["weights"]["measured"] == pred["weights"]
+        assert lines["kv_cache"]["measured"] == pred["kv_cache"]
+        act = lines["activations"]
+        assert abs(act["measured"] - pred["activations"]) <= 0.10 * pred["activations"]
+    return rep

@@ -13,7 +13,7 @@ from planner.spec import inventory, param_count
 from runtime.model import (KVCache, Layout, RuntimeError_, alibi_slopes, build, check_buildable,
                            meta_inventory)
 from runtime.weights import SafetensorsSource, materialize_random, random_tensor
-from runtime_testutil import BLOOM, FALCON, FALCON_MQA, GLM, launch, make_plan, report_of
+from runtime_testutil import BLOOM, FALCON, FALCON_MQA, GLM, launch_and_check
 
 NEW = ("falcon", "bloom", "glm")
 CATALOG = [e.spec for e in catalog.entries() if e.spec.family in NEW]
@@ -51,19 +51,7 @@ CASES = [(s, w, t) for s in (FALCON, BLOOM, GLM)
 @pytest.mark.parametrize("spec,weights,tp", CASES,
                          ids=[f"{s.name}-{w}-tp{t}" for s, w, t in CASES])
 def test_measured_equals_predicted(tmp_path, spec, weights, tp):
-    plan = tmp_path / "plan.yaml"
-    doc = make_plan(str(plan), spec, weights, "fp16", tp)
-    proc = launch(str(plan), "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
-    rep = report_of(proc)
-    assert rep["ok"] and len(rep["ranks"]) == tp
-    for r in rep["ranks"]:
-        pred = doc["prediction"]["ranks"][r["rank"]]["bytes"]
-        lines = r["lines"]
-        assert lines["weights"]["measured"] == pred["weights"]
-        assert lines["kv_cache"]["measured"] == pred["kv_cache"]
-        act = lines["activations"]
-        assert abs(act["measured"] - pred["activations"]) <= 0.10 * pred["activations"]
+    launch_and_check(tmp_path, spec, weights, tp)
 
 
 def test_prediction_models_the_new_transients():

@@ -8,7 +8,8 @@ import struct
 
 import pytest
 
-from runtime_testutil import LLAMA, MIXTRAL, OPT, launch, make_plan, report_of, rewrite
+from runtime_testutil import (LLAMA, MIXTRAL, OPT, launch, launch_and_check, make_plan,
+                              report_of, rewrite)
 
 CASES = [
     (LLAMA, "fp16", 1), (LLAMA, "bf16", 1), (LLAMA, "int8", 1), (LLAMA, "int4-g128", 1),
@@ -21,20 +22,9 @@ CASES = [
 @pytest.mark.parametrize("spec,weights,tp", CASES,
                          ids=[f"{s.family}-{w}-tp{t}" for s, w, t in CASES])
 def test_measured_equals_predicted(tmp_path, spec, weights, tp):
-    plan = tmp_path / "plan.yaml"
-    doc = make_plan(str(plan), spec, weights, "fp16", tp)
-    proc = launch(str(plan), "--json", "--report", str(tmp_path / "r.json"))
-    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
-    rep = report_of(proc)
-    assert rep["ok"] and len(rep["ranks"]) == tp
+    rep = launch_and_check(tmp_path, spec, weights, tp, "fp16", "--report",
+                           str(tmp_path / "r.json"))
     assert rep["tokens_per_s"]["prefill"] > 0 and rep["tokens_per_s"]["decode"] > 0
-    for r in rep["ranks"]:
-        pred = doc["prediction"]["ranks"][r["rank"]]["bytes"]
-        lines = r["lines"]
-        assert lines["weights"]["measured"] == pred["weights"]
-        assert lines["kv_cache"]["measured"] == pred["kv_cache"]
-        act = lines["activations"]
-        assert abs(act["measured"] - pred["activations"]) <= 0.10 * pred["activations"]
     assert (tmp_path / "r.json").exists()
 
 

@@ -17,7 +17,7 @@ from planner.memory import Workload, estimate
 from planner.spec import inventory, param_count
 from runtime.model import KVCache, Layout, build, check_buildable, meta_inventory
 from runtime.weights import SafetensorsSource, materialize_random, random_tensor
-from runtime_testutil import DEEPSEEK, launch, make_plan, report_of
+from runtime_testutil import DEEPSEEK, launch, launch_and_check, make_plan, report_of
 
 V3 = next(e.spec for e in catalog.entries() if e.spec.name == "deepseek-ai/DeepSeek-V3")
 
@@ -45,19 +45,7 @@ CASES = [("fp16", 1), ("int8", 1), ("int4-g128", 1), ("int8", 2), ("int4-g128", 
 
 @pytest.mark.parametrize("weights,tp", CASES, ids=[f"{w}-tp{t}" for w, t in CASES])
 def test_measured_equals_predicted(tmp_path, weights, tp):
-    plan = tmp_path / "plan.yaml"
-    doc = make_plan(str(plan), DEEPSEEK, weights, "fp16", tp)
-    proc = launch(str(plan), "--json")
-    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
-    rep = report_of(proc)
-    assert rep["ok"] and len(rep["ranks"]) == tp
-    for r in rep["ranks"]:
-        pred = doc["prediction"]["ranks"][r["rank"]]["bytes"]
-        lines = r["lines"]
-        assert lines["weights"]["measured"] == pred["weights"]
-        assert lines["kv_cache"]["measured"] == pred["kv_cache"]
-        act = lines["activations"]
-        assert abs(act["measured"] - pred["activations"]) <= 0.10 * pred["activations"]
+    launch_and_check(tmp_path, DEEPSEEK, weights, tp)
 
 
 def test_quantized_kv_launch(tmp_path):
