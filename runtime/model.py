@@ -642,36 +642,16 @@ class KVCache:
             if self.scale is None:
                 dst.copy_(xt)
                 continue
-            qmax = 127 if self.fmt == "int8" else 7
-            sc = xt.abs().amax(dim=-1).float().div_(qmax).clamp_(min=2.0 ** -24)
-            self.scale[layer, j, :, :, pos:pos + s].copy_(sc)
-            q = (xt.float() / sc.unsqueeze(-1)).round_().clamp_(-qmax, qmax)
-            del sc
-            if self.fmt == "int8":
-                dst.copy_(q)
-            else:
-                q += 8
-                u = q.to(torch.uint8)
-                if self.hd % 2:
-                    u = F.pad(u, (0, 1))
-                dst.copy_(u[..., 0::2] | (u[..., 1::2] << 4))
-                del u
-            del q
+            self._quantize_into(dst, self.scale[layer, j, :, :, pos:pos + s], xt)
 
-    def write_latent(self, layer: int, pos: int, c: torch.Tensor, k_pe: torch.Tensor) -> None:
-        """MLA: c [b, s, lora] and k_pe [b, s, rope] -> positions pos..pos+s of one layer."""
-        s = c.shape[1]
-        dst = self.data[layer, :, pos:pos + s]
-        if self.scale is None:
-            dst[..., :self.lora].copy_(c)
-            dst[..., self.lora:].copy_(k_pe)
-            return
-        x = torch.cat([c, k_pe], dim=-1)  # quantized formats: one scale over the whole vector
+    def _quantize_into(self, dst: torch.Tensor, scale_dst: torch.Tensor, x: torch.Tensor) -> None:
+        """int8 / int4 cache entries: a symmetric scale per vector (last dim) into ``scale_dst``,
+        the values into ``dst`` (int4: two per byte, low nibble first, stored q + 8)."""
         qmax = 127 if self.fmt == "int8" else 7
         sc = x.abs().amax(dim=-1).float().div_(qmax).clamp_(min=2.0 ** -24)
-        self.scale[layer, :, pos:pos + s].copy_(sc)
+        scale_dst.copy_(sc)
         q = (x.float() / sc.unsqueeze(-1)).round_().clamp_(-qmax, qmax)
-        del sc, x
+        del sc, x  # the caller passes a temporary (MLA) or a view: this drops the last reference
         if self.fmt == "int8":
             dst.copy_(q)
         else:
@@ -682,6 +662,17 @@ class KVCache:
             dst.copy_(u[..., 0::2] | (u[..., 1::2] << 4))
             del u
         del q
+
+    def write_latent(self, layer: int, pos: int, c: torch.Tensor, k_pe: torch.Tensor) -> None:
+        """MLA: c [b, s, lora] and k_pe [b, s, rope] -> positions pos..pos+s of one layer."""
+        s = c.shape[1]
+        dst = self.data[layer, :, pos:pos + s]
+        if self.scale is None:
+            dst[..., :self.lora].copy_(c)
+            dst[..., self.lora:].copy_(k_pe)
+            return
+        # quantized formats: one scale over the whole vector (latent and rope key together)
+        self._quantize_into(dst, self.scale[layer, :, pos:pos + s], torch.cat([c, k_pe], dim=-1))
 
     def read_latent(self, layer: int, n: int,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
