@@ -119,3 +119,25 @@ def launch_and_check(tmp_path, spec, weights: str, tp: int, kv: str = "fp16",
         act = lines["activations"]
         assert abs(act["measured"] - pred["activations"]) <= 0.10 * pred["activations"]
     return rep
+
+
+def assert_cached_decode_matches(spec) -> None:
+    """Prefill + cached decode gives the greedy tokens that re-running the whole sequence gives."""
+    import torch
+
+    from runtime.model import KVCache, Layout, build
+    from runtime.weights import materialize_random
+
+    torch.set_grad_enabled(False)
+    model = build(spec, Layout(weights="bf16", act_dtype=torch.float32))
+    materialize_random(model, seed=3)
+    ids = torch.randint(0, spec.vocab, (2, 12), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
+    seq = ids
+    nxt = model(ids, cache, 0)
+    for step in range(3):
+        full_cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
+        seq = torch.cat([seq, nxt.view(2, 1)], dim=1)
+        want = model(seq, full_cache, 0)
+        nxt = model(nxt.view(2, 1), cache, 12 + step)
+        assert torch.equal(nxt, want)

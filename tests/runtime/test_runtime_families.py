@@ -13,7 +13,8 @@ from planner.spec import inventory, param_count
 from runtime.model import (KVCache, Layout, RuntimeError_, alibi_slopes, build, check_buildable,
                            meta_inventory)
 from runtime.weights import SafetensorsSource, materialize_random, random_tensor
-from runtime_testutil import BLOOM, FALCON, FALCON_MQA, GLM, launch_and_check
+from runtime_testutil import (BLOOM, FALCON, FALCON_MQA, GLM, assert_cached_decode_matches,
+                              launch_and_check)
 
 NEW = ("falcon", "bloom", "glm")
 CATALOG = [e.spec for e in catalog.entries() if e.spec.family in NEW]
@@ -97,19 +98,7 @@ def test_alibi_mask_is_causal_and_sliced_per_rank():
 def test_cached_decode_equals_full_recompute(spec):
     """Prefill + cached decode gives the greedy tokens that re-running the whole sequence gives
     (positions, ALiBi offsets and the parallel block agree between the two paths)."""
-    torch.set_grad_enabled(False)
-    model = build(spec, Layout(weights="bf16", act_dtype=torch.float32))
-    materialize_random(model, seed=3)
-    ids = torch.randint(0, spec.vocab, (2, 12), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
-    seq = ids
-    nxt = model(ids, cache, 0)
-    for step in range(3):
-        full_cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
-        seq = torch.cat([seq, nxt.view(2, 1)], dim=1)
-        want = model(seq, full_cache, 0)
-        nxt = model(nxt.view(2, 1), cache, 12 + step)
-        assert torch.equal(nxt, want)
+    assert_cached_decode_matches(spec)
 
 
 # -- checkpoint names ---------------------------------------------------------------------------

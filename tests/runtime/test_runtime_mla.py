@@ -17,7 +17,8 @@ from planner.memory import Workload, estimate
 from planner.spec import inventory, param_count
 from runtime.model import KVCache, Layout, build, check_buildable, meta_inventory
 from runtime.weights import SafetensorsSource, materialize_random, random_tensor
-from runtime_testutil import DEEPSEEK, launch, launch_and_check, make_plan, report_of
+from runtime_testutil import (DEEPSEEK, assert_cached_decode_matches, launch, launch_and_check,
+                              make_plan, report_of)
 
 V3 = next(e.spec for e in catalog.entries() if e.spec.name == "deepseek-ai/DeepSeek-V3")
 
@@ -126,20 +127,7 @@ def test_mla_attention_matches_reference():
 
 
 def test_cached_decode_equals_full_recompute():
-    spec = DEEPSEEK
-    model = build(spec, Layout(weights="bf16", act_dtype=torch.float32))
-    torch.set_grad_enabled(False)
-    materialize_random(model, seed=3)
-    ids = torch.randint(0, spec.vocab, (2, 12), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
-    seq = ids
-    nxt = model(ids, cache, 0)
-    for step in range(3):
-        full_cache = KVCache(spec, "fp16", 1, 2, 16, torch.device("cpu"))
-        seq = torch.cat([seq, nxt.view(2, 1)], dim=1)
-        want = model(seq, full_cache, 0)
-        nxt = model(nxt.view(2, 1), cache, 12 + step)
-        assert torch.equal(nxt, want)
+    assert_cached_decode_matches(DEEPSEEK)
 
 
 def test_deepseek_routing():
