@@ -134,6 +134,31 @@ def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
     return max(1, spec.kv_heads // tp)
 
 
+def kv_tokens_held(context: int, window: int, eng: EngineProfile) -> int:
+    """Tokens one sequence's cache holds in a layer that attends to at most ``window`` tokens
+    (0 = every token): capped at the window where the engine caps such layers, then rounded up to
+    whole blocks on a paged engine."""
+    s = context
+    if window and eng.sliding_window_cache:
+        s = min(s, window)
+    if eng.kv_block_tokens:
+        s = -(-s // eng.kv_block_tokens) * eng.kv_block_tokens
+    return s
+
+
+def kv_by_kind(spec: ModelSpec, lo: int, hi: int, context: int,
+               eng: EngineProfile) -> dict[str, dict[str, int]]:
+    """Layers lo..hi-1 grouped by attention kind and window: for each, the layer count, the window
+    (0 = none) and the tokens per sequence the cache holds there."""
+    out: dict[str, dict[str, int]] = {}
+    for i in range(lo, hi):
+        kind, w = spec.layer_kind(i), spec.window_of(i)
+        k = out.setdefault(kind, {"layers": 0, "window": w,
+                                  "tokens_per_sequence": kv_tokens_held(context, w, eng)})
+        k["layers"] += 1
+    return out
+
+
 def padded_vocab(spec: ModelSpec, tp: int, eng: EngineProfile) -> int:
     m = eng.vocab_pad_multiple * tp // math.gcd(eng.vocab_pad_multiple, tp)
     return -(-spec.vocab // m) * m
@@ -569,7 +594,7 @@ def _stage_weights(spec: ModelSpec, fmt: WeightFormat, tp: int, eng: EngineProfi
         counts["post"] = 1
         if spec.tied_embeddings and not first:
             counts["tied_head"] = 1
-    moe_blocks = max(0, hi - max(lo, spec.dense_layers)) if spec.moe else 0
+    moe_blocks = spec.moe_layer_count(lo, hi)
     counts["moe"], counts["dense"] = moe_blocks, hi - lo - moe_blocks
     detail: dict[str, int] = {}
     largest = 0
@@ -629,12 +654,8 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
     vocab_pad = padded_vocab(spec, tp, eng)
     stages = stage_layers(spec.layers, pp)
 
-    # KV cache: tokens held per sequence, rounded up to whole blocks on paged engines.
-    s = wl.context
-    if spec.sliding_window and eng.sliding_window_cache:
-        s = min(s, spec.sliding_window)
-    if eng.kv_block_tokens:
-        s = -(-s // eng.kv_block_tokens) * eng.kv_block_tokens
+    # KV cache: tokens held per sequence by each kind of layer, rounded up to whole blocks on
+    # paged engines.
     if spec.mla:  # one latent of kv_lora_rank + rope dims per token per layer, replicated over TP
         per_token_layer = kvf.vector_bytes(spec.kv_lora_rank + spec.qk_rope_dim)
     else:
@@ -667,7 +688,12 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
         w_bytes = sum(wdetail.values())
 
         n_layers = hi - lo
-        kv_bytes = wl.batch * s * n_layers * per_token_layer
+        by_kind = kv_by_kind(spec, lo, hi, wl.context, eng)
+        kv_bytes = 0
+        s = max(k["tokens_per_sequence"] for k in by_kind.values())
+        for k in by_kind.values():
+            k["bytes"] = wl.batch * k["tokens_per_sequence"] * k["layers"] * per_token_layer
+            kv_bytes += k["bytes"]
 
         has_head = last
         best, best_detail = 0, {}
@@ -703,7 +729,8 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                 overhead=sum(over.values()),
                 detail={"weights": dict(wdetail),
                         "kv_cache": {"tokens_per_sequence": s, "bytes_per_token_per_layer":
-                                     per_token_layer, "layers": n_layers},
+                                     per_token_layer, "layers": n_layers,
+                                     "by_kind": {k: dict(v) for k, v in by_kind.items()}},
                         "activations": dict(best_detail), "overhead": dict(over)}))
     busiest = max(hi - lo for lo, hi in stages)
     return Estimate(spec=spec, weights=fmt, kv=kvf, tp=tp, pp=pp, workload=wl, engine=eng,

@@ -86,7 +86,10 @@ def roofline(est: Estimate, gpu) -> Roofline:
             share = (total_params - active) / total_params if total_params else 0
             touched = min(1.0, wl.batch * spec.experts_per_token / spec.experts)
             weights_read = r.weights - expert_bytes * share * (1 - touched)
-        kv_read = wl.batch * s_avg * n_layers * r.detail["kv_cache"]["bytes_per_token_per_layer"]
+        kv = r.detail["kv_cache"]
+        kv_read = wl.batch * kv["bytes_per_token_per_layer"] * sum(
+            k["layers"] * (min(s_avg, k["window"]) if k["window"] else s_avg)
+            for k in kv["by_kind"].values())
         d_memory = (weights_read + kv_read) / bw
         d_flops = (2 * active * frac * wl.batch + 2 * attn_width * n_layers * wl.batch * s_avg) / tp
         d_compute = d_flops / flops

@@ -617,6 +617,13 @@ def validate(doc: Any, where: str = "plan", verify: bool = True) -> Plan:
             for k, v in items.items():
                 if not isinstance(k, str):
                     raise c.fail(f"{f}.detail.{part}", f"key {k!r} is not a string")
+                if part == "kv_cache" and k == "by_kind" and isinstance(v, dict):
+                    for kind, row in v.items():  # per attention kind: {layers, window, ...}
+                        c.mapping(row, f"{f}.detail.kv_cache.by_kind.{kind}",
+                                  ("layers", "window", "tokens_per_sequence", "bytes"))
+                        for kk, vv in row.items():
+                            c.int(vv, f"{f}.detail.kv_cache.by_kind.{kind}.{kk}", 0)
+                    continue
                 c.int(v, f"{f}.detail.{part}.{k}", 0)
         gpu = lranks[i]["gpu"]
         ranks.append({"rank": i, "gpu": gpu, "bytes": dict(b), "detail": det})

@@ -17,7 +17,10 @@ import functools
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import math
+
 from planner.errors import InputError
+from planner.vision import VisionSpec, vision_inventory
 
 MAX_EXPERT_FFNS = 1 << 16
 """Expert FFNs (MoE layers x experts) a spec may describe; DeepSeek-V3 has 58 x 256 = 14,848. The
@@ -25,7 +28,31 @@ inventory lists every expert of every MoE layer, so a tiny hostile config with 6
 layers would otherwise make the planner build ~2e9 tensors."""
 
 FAMILIES = ("llama", "mistral", "qwen2", "phi3", "opt", "gpt2", "bloom", "falcon", "glm",
-            "mixtral", "deepseek_v3")
+            "mixtral", "deepseek_v3", "deepseek_v2", "qwen3", "qwen3_moe", "gemma2", "gemma3",
+            "gpt_oss", "llama4", "phimoe", "glm4", "glm4_moe", "mistral3", "generic")
+"""Architecture names. A family picks the checkpoint's tensor-naming convention (planner/names.py)
+and is shown to the user; no byte and no code path depends on it: every structural difference is a
+feature field of ModelSpec below."""
+
+LAYER_KINDS = ("full", "sliding", "chunked")
+"""Attention kinds per layer: full (every token), sliding (the last ``sliding_window`` tokens),
+chunked (tokens of the current ``attention_chunk``-token chunk; Llama 4)."""
+
+QK_NORMS = ("", "rms", "l2")
+"""Per-head query/key norm: none, RMSNorm with a (head_dim,) weight each (Qwen3, Gemma 3,
+GLM-4.5), weightless L2 norm (Llama 4, on its RoPE layers)."""
+
+ROUTINGS = ("softmax", "softmax_topk", "sigmoid")
+"""MoE routing: softmax over all experts then top-k (Mixtral, Qwen3-MoE, Phi-3.5-MoE); top-k of
+the logits then softmax over the k (gpt-oss); sigmoid scores (DeepSeek-V3, GLM-4.5, Llama 4)."""
+
+# Files a new architecture touches (the goal is at most six):
+#   planner/sources.py     its config.json / GGUF metadata -> these feature fields
+#   planner/names.py       its checkpoint tensor names (HF and GGUF), if they are not Llama's
+#   planner/catalog/*.yaml catalog entries with sources
+#   tests/configs/         a real config.json for the transformers oracle
+#   runtime/model.py and planner/activations.py only when it brings a feature the generic block
+#   does not have yet (a new kind of layer, norm or routing).
 
 # How tensor parallelism splits a tensor (DESIGN §5).
 SPLITS = ("column", "row", "kv", "vocab", "replicated")
@@ -104,7 +131,33 @@ class ModelSpec:
     parallel_norms: int = 1
     """With parallel_attn: 1 shared input norm (Falcon-7B) or 2 (Falcon-40B ln_attn and ln_mlp)."""
     sliding_window: int = 0
-    """Sliding attention window in tokens (0 = full attention)."""
+    """Window in tokens of the sliding layers (0 = none). With ``layer_types`` empty, every layer
+    is sliding when this is set (Mistral-7B)."""
+    attention_chunk: int = 0
+    """Chunk in tokens of the chunked-attention layers (Llama 4: 8192; 0 = none)."""
+    layer_types: tuple[str, ...] = ()
+    """Attention kind of each layer (LAYER_KINDS), one per layer; empty = all full, or all sliding
+    when sliding_window is set. From config.json ``layer_types`` or the model's pattern (Gemma 2
+    alternation, Gemma 3's 5 local : 1 global, gpt-oss alternation, Llama 4's 3 chunked : 1 global)."""
+    nope_layers: tuple[int, ...] = ()
+    """Layers that apply no rotary embedding (Llama 4's global NoPE layers)."""
+    qk_norm: str = ""
+    """Per-head query/key norm: one of QK_NORMS."""
+    sandwich_norms: bool = False
+    """A norm after attention and after the FFN as well as before each (Gemma 2/3, GLM-4):
+    post_self_attn_layernorm and post_mlp_layernorm, one (hidden,) weight each."""
+    norm_offset: bool = False
+    """Norm weights are applied as (1 + w) (Gemma): memory-neutral, needed for real outputs."""
+    attn_softcap: float = 0.0
+    """tanh soft-capping of attention scores (Gemma 2: 50; 0 = none)."""
+    final_softcap: float = 0.0
+    """tanh soft-capping of the final logits (Gemma 2: 30; 0 = none)."""
+    attn_sinks: bool = False
+    """A learned sink logit per attention head (gpt-oss): self_attn.sinks, (heads,)."""
+    embed_scale: bool = False
+    """The token embedding is multiplied by sqrt(hidden) (Gemma): memory-neutral."""
+    lm_head_bias: bool = False
+    """The LM head has a bias (Phi-3.5-MoE)."""
     experts: int = 0
     """Routed experts per MoE layer (0 = dense)."""
     experts_per_token: int = 0
@@ -116,7 +169,21 @@ class ModelSpec:
     dense_layers: int = 0
     """Leading layers with a dense FFN instead of MoE (DeepSeek first_k_dense_replace)."""
     router_bias: bool = False
-    """An fp32 per-expert score-correction bias in each router (DeepSeek-V3)."""
+    """An fp32 per-expert score-correction bias in each router (DeepSeek-V3, GLM-4.5)."""
+    router_linear_bias: bool = False
+    """The router linear has an ordinary bias (gpt-oss)."""
+    expert_bias: bool = False
+    """Routed-expert projections have biases (gpt-oss)."""
+    routing: str = "softmax"
+    """How router logits become expert weights: one of ROUTINGS."""
+    moe_step: int = 1
+    """Every moe_step-th layer is MoE: layer i (past dense_layers) is MoE when (i + 1) % moe_step
+    == 0 (Llama 4 Maverick interleave_moe_layer_step 2; Qwen-MoE decoder_sparse_step)."""
+    mlp_only_layers: tuple[int, ...] = ()
+    """Layers with a dense FFN although the pattern makes them MoE (Qwen-MoE mlp_only_layers)."""
+    shared_expert_ffn: int = 0
+    """Inner size of the shared-expert FFN as a whole (0 = expert_ffn x shared_experts; Llama 4:
+    intermediate_size)."""
     q_lora_rank: int = 0
     """MLA: rank of the query down-projection (0 = plain q_proj)."""
     kv_lora_rank: int = 0
@@ -135,6 +202,9 @@ class ModelSpec:
     """ALiBi attention biases (BLOOM): no position parameters."""
     norm_eps: float = 1e-5
     """Norm epsilon."""
+    vision: VisionSpec | None = None
+    """The vision tower and projector of a multimodal checkpoint (planned from its text model;
+    the tower's tensors occupy memory and are listed with role ``vision``)."""
     dtype: str = "fp16"
     """Dtype the original checkpoint is published in."""
     source: str = ""
@@ -160,10 +230,41 @@ class ModelSpec:
         return self.v_head_dim if self.mla else self.head_dim
 
     def is_moe_layer(self, i: int) -> bool:
-        return self.moe and i >= self.dense_layers
+        return (self.moe and i >= self.dense_layers and (i + 1) % self.moe_step == 0
+                and i not in self.mlp_only_layers)
+
+    def moe_layer_count(self, lo: int = 0, hi: int | None = None) -> int:
+        """MoE layers among lo..hi-1 (all layers by default)."""
+        return sum(self.is_moe_layer(i) for i in range(lo, self.layers if hi is None else hi))
+
+    def layer_kind(self, i: int) -> str:
+        """Attention kind of layer i (LAYER_KINDS)."""
+        if self.layer_types:
+            return self.layer_types[i]
+        return "sliding" if self.sliding_window else "full"
+
+    def window_of(self, i: int) -> int:
+        """Tokens layer i can attend to at most (0 = unbounded)."""
+        kind = self.layer_kind(i)
+        return (self.sliding_window if kind == "sliding" else
+                self.attention_chunk if kind == "chunked" else 0)
+
+    def uses_rope(self, i: int) -> bool:
+        return bool(self.rope_theta) and i not in self.nope_layers
+
+    @property
+    def shared_width(self) -> int:
+        """Inner size of the shared-expert FFN (0 = none)."""
+        if not self.shared_experts:
+            return 0
+        return self.shared_expert_ffn or (self.expert_ffn or self.ffn) * self.shared_experts
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "spec") -> "ModelSpec":
@@ -177,13 +278,22 @@ class ModelSpec:
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             ftype = known[key].type
+            if key == "vision":
+                kwargs[key] = None if value is None else VisionSpec.from_dict(
+                    value, f"{where}: field 'vision'")
+                continue
             kwargs[key] = _coerce(value, ftype, f"{where}: field {key!r}")
         for req in ("name", "family", "layers", "hidden", "heads", "vocab"):
             if req not in kwargs:
                 raise InputError(f"{where}: missing field {req!r}")
         kwargs.setdefault("kv_heads", kwargs["heads"])
+        for f in ("heads", "hidden", "layers"):
+            if kwargs[f] <= 0:
+                hf = {"heads": "num_attention_heads", "hidden": "hidden_size",
+                      "layers": "num_hidden_layers"}[f]
+                raise InputError(f"{where}: {hf} must be positive, got {kwargs[f]}")
         if "head_dim" not in kwargs:
-            if kwargs["heads"] <= 0 or kwargs["hidden"] % kwargs["heads"]:
+            if kwargs["hidden"] % kwargs["heads"]:
                 raise InputError(f"{where}: hidden {kwargs['hidden']} is not a multiple of heads "
                                  f"{kwargs['heads']}; give head_dim")
             kwargs["head_dim"] = kwargs["hidden"] // kwargs["heads"]
@@ -223,9 +333,40 @@ class ModelSpec:
         if self.activation not in ("silu", "gelu", "relu"):
             raise InputError(f"{where}: activation must be silu, gelu or relu")
         if self.moe and not (0 < self.experts_per_token <= self.experts):
-            raise InputError(f"{where}: experts_per_token must be in 1..experts")
+            raise InputError(f"{where}: experts per token ({self.experts_per_token}) must be in "
+                             f"1..experts ({self.experts})")
         if self.mla and not (self.qk_rope_dim and self.qk_nope_dim and self.v_head_dim):
             raise InputError(f"{where}: MLA needs qk_nope_dim, qk_rope_dim and v_head_dim")
+        if self.layer_types:
+            if len(self.layer_types) != self.layers:
+                raise InputError(f"{where}: layer_types lists {len(self.layer_types)} layers but "
+                                 f"the model has {self.layers}")
+            bad = sorted(set(self.layer_types) - set(LAYER_KINDS))
+            if bad:
+                raise InputError(f"{where}: unknown layer kind {bad[0]!r} in layer_types; known: "
+                                 f"{', '.join(LAYER_KINDS)}")
+            if "sliding" in self.layer_types and self.sliding_window <= 0:
+                raise InputError(f"{where}: sliding layers need a positive sliding_window")
+            if "chunked" in self.layer_types and self.attention_chunk <= 0:
+                raise InputError(f"{where}: chunked layers need a positive attention_chunk")
+        if self.attention_chunk < 0:
+            raise InputError(f"{where}: field 'attention_chunk' must not be negative")
+        if any(not 0 <= i < self.layers for i in self.nope_layers + self.mlp_only_layers):
+            raise InputError(f"{where}: nope_layers / mlp_only_layers name a layer outside "
+                             f"0..{self.layers - 1}")
+        if self.qk_norm not in QK_NORMS:
+            raise InputError(f"{where}: qk_norm must be one of {', '.join(map(repr, QK_NORMS))}")
+        if self.routing not in ROUTINGS:
+            raise InputError(f"{where}: routing must be one of {', '.join(ROUTINGS)}")
+        if self.moe_step < 1:
+            raise InputError(f"{where}: moe_step must be at least 1")
+        for f in ("attn_softcap", "final_softcap", "rope_theta", "norm_eps"):
+            v = getattr(self, f)
+            if not math.isfinite(v) or v < 0:
+                raise InputError(f"{where}: field {f!r} must be a finite non-negative number, "
+                                 f"got {v}")
+        if self.shared_expert_ffn < 0:
+            raise InputError(f"{where}: field 'shared_expert_ffn' must not be negative")
         if self.parallel_norms not in (1, 2):
             raise InputError(f"{where}: parallel_norms must be 1 or 2")
         if self.dense_layers > self.layers:
@@ -256,6 +397,13 @@ def _coerce(value: Any, ftype: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise InputError(f"{where} must be a string, got {value!r}")
         return value
+    if t.startswith("tuple["):
+        item = t[len("tuple["):].split(",")[0].strip()
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{where} must be a list, got {value!r}")
+        if len(value) > 1 << 16:
+            raise InputError(f"{where} lists {len(value)} items; implausibly many")
+        return tuple(_coerce(v, item, f"{where} item") for v in value)
     return value
 
 
@@ -310,10 +458,16 @@ def _attention(prefix: str, spec: ModelSpec, i: int) -> list[Tensor]:
         return out
     q = spec.heads * spec.head_dim
     kv = spec.kv_heads * spec.head_dim
-    return (_linear(f"{prefix}.q_proj", q, h, "column", i, spec.qkv_bias)
-            + _linear(f"{prefix}.k_proj", kv, h, "kv", i, spec.qkv_bias)
-            + _linear(f"{prefix}.v_proj", kv, h, "kv", i, spec.qkv_bias)
-            + _linear(f"{prefix}.o_proj", h, q, "row", i, spec.o_bias))
+    out = (_linear(f"{prefix}.q_proj", q, h, "column", i, spec.qkv_bias)
+           + _linear(f"{prefix}.k_proj", kv, h, "kv", i, spec.qkv_bias)
+           + _linear(f"{prefix}.v_proj", kv, h, "kv", i, spec.qkv_bias)
+           + _linear(f"{prefix}.o_proj", h, q, "row", i, spec.o_bias))
+    if spec.qk_norm == "rms":  # one (head_dim,) weight shared by every head
+        out += [Tensor(f"{prefix}.q_norm.weight", (spec.head_dim,), "norm", "replicated", i),
+                Tensor(f"{prefix}.k_norm.weight", (spec.head_dim,), "norm", "replicated", i)]
+    if spec.attn_sinks:  # one logit per query head: split with the heads
+        out.append(Tensor(f"{prefix}.sinks", (spec.heads,), "sinks", "column", i))
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -331,28 +485,38 @@ def _inventory(spec: ModelSpec) -> list[Tensor]:
                           "position_embedding", "replicated", -1))
     if spec.embed_norm:
         out += _norm("model.embed_layernorm", spec, -1)
+    if spec.vision is not None:
+        out += vision_inventory(spec.vision)
     for i in range(L):
         p = f"model.layers.{i}"
         out += _norm(f"{p}.input_layernorm", spec, i)
         out += _attention(f"{p}.self_attn", spec, i)
+        if spec.sandwich_norms:
+            out += _norm(f"{p}.post_self_attn_layernorm", spec, i)
         if not spec.parallel_attn or spec.parallel_norms == 2:
             out += _norm(f"{p}.post_attention_layernorm", spec, i)
         if spec.is_moe_layer(i):
             width = spec.expert_ffn or spec.ffn
-            out.append(Tensor(f"{p}.mlp.gate.weight", (spec.experts, h), "router", "replicated", i))
+            out += _linear(f"{p}.mlp.gate", spec.experts, h, "replicated", i,
+                           spec.router_linear_bias, "router")
             if spec.router_bias:
                 out.append(Tensor(f"{p}.mlp.gate.e_score_correction_bias", (spec.experts,),
                                   "router", "replicated", i, dtype="fp32"))
             for e in range(spec.experts):
-                out += _ffn(f"{p}.mlp.experts.{e}", spec, width, i, "expert", spec.mlp_bias)
+                out += _ffn(f"{p}.mlp.experts.{e}", spec, width, i, "expert",
+                            spec.mlp_bias or spec.expert_bias)
             if spec.shared_experts:
-                out += _ffn(f"{p}.mlp.shared_experts", spec, width * spec.shared_experts, i,
-                            "linear", spec.mlp_bias)
+                out += _ffn(f"{p}.mlp.shared_experts", spec, spec.shared_width, i, "linear",
+                            spec.mlp_bias)
         else:
             out += _ffn(f"{p}.mlp", spec, spec.ffn, i, "linear", spec.mlp_bias)
+        if spec.sandwich_norms:
+            out += _norm(f"{p}.post_mlp_layernorm", spec, i)
     out += _norm("model.norm", spec, L)
     if not spec.tied_embeddings:
         out.append(Tensor("lm_head.weight", (spec.vocab, h), "lm_head", "vocab", L))
+    if spec.lm_head_bias:
+        out.append(Tensor("lm_head.bias", (spec.vocab,), "bias", "vocab", L))
     return out
 
 
