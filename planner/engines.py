@@ -45,7 +45,8 @@ class EngineProfile:
     kv_block_tokens: int
     """Paged KV cache block size in tokens (0 = contiguous cache)."""
     sliding_window_cache: bool
-    """KV cache of a sliding-window model is capped at the window (False = grows with the context)."""
+    """KV cache of sliding-window and chunked layers is capped at the window (False = every layer
+    grows with the context)."""
     vocab_pad_multiple: int
     """Embedding/LM head rows are padded to a multiple of this (and of TP)."""
     supports_tp: bool
@@ -75,6 +76,16 @@ class EngineProfile:
     """``phases``: the largest of the attention, MLP and LM-head phases, each a sum of its parts;
     ``runtime``: planner.memory walks this project's runtime forward step allocation by allocation
     (runtime/model.py), as measured by ``planner launch``."""
+
+    uniform_window_cache: bool = True
+    """The cap applies also when every layer is sliding (Mistral-7B); llama.cpp caps only models
+    with interleaved full and sliding/chunked layers (its iSWA cache)."""
+    window_extra_tokens: int = 0
+    """Tokens a capped layer holds beyond the window: llama.cpp keeps n_swa + n_ubatch (its SWA
+    cache), transformers' DynamicSlidingWindowLayer keeps the last window - 1."""
+    fused_softcap: bool = True
+    """Attention softcapping runs inside the fused attention kernel (FlashAttention's softcap
+    argument); False = softcapped models fall back to explicit score matrices."""
 
     def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
         if engines and self.name not in engines:
@@ -155,8 +166,10 @@ _PROFILES = {p.name: p for p in [
         # to fp32.
         logits_all_positions=False, prefill_chunk_tokens=0, profile_tokens=0, profile_seqs=0,
         kv_block_tokens=0,
-        # DynamicCache keeps every token; the sliding window is applied through the mask.
-        sliding_window_cache=False,
+        # transformers 5 DynamicCache gives sliding layers a DynamicSlidingWindowLayer that keeps
+        # the last sliding_window - 1 tokens (cache_utils.py, transformers 5.24); full layers keep
+        # every token. SDPA cannot softcap: Gemma 2's softcapping needs eager scores.
+        sliding_window_cache=True, window_extra_tokens=-1, fused_softcap=False,
         vocab_pad_multiple=1, supports_tp=True,
         weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "int8", "int4"),
         # bitsandbytes and GPTQ/AWQ kernels dequantize inside their matmuls.
@@ -172,8 +185,12 @@ _PROFILES = {p.name: p for p in [
         attention="eager", repeat_kv=False, logits_all_positions=False,
         # n_ubatch default 512: the prompt is processed in micro-batches of 512 tokens.
         prefill_chunk_tokens=512, profile_tokens=0, profile_seqs=0, kv_block_tokens=0,
-        # llama.cpp sizes the cache for the whole context (n_ctx) for non-SWA architectures.
-        sliding_window_cache=False, vocab_pad_multiple=1, supports_tp=False,
+        # llama.cpp sizes the cache for the whole context (n_ctx) except for architectures with
+        # interleaved SWA / chunked layers (Gemma 2/3, gpt-oss, Llama 4), whose windowed layers get
+        # a cache of n_swa + n_ubatch tokens (src/llama-kv-cache-iswa.cpp, swa_full off by
+        # default); a Mistral-style all-sliding model is cached in full.
+        sliding_window_cache=True, uniform_window_cache=False, window_extra_tokens=512,
+        fused_softcap=False, vocab_pad_multiple=1, supports_tp=False,
         weight_formats=("fp32", "fp16", "bf16", "q8_0", "q6_k", "q5_1", "q5_0", "q5_k", "q4_k",
                         "q4_1", "q4_0", "q3_k", "q2_k"),
         # --cache-type-k/v: f16, q8_0 (int8-like), q4_0 (int4-like).

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from planner.engines import EngineProfile, engine as get_engine
 from planner.errors import InfeasibleError, InputError
 from planner.precision import QUANTIZED_ROLES, KVFormat, WeightFormat, kv_format, weight_format
-from planner.spec import ModelSpec, Tensor, inventory, param_count, tensor_groups
+from planner.spec import ModelSpec, Tensor, inventory, param_count, tensor_groups, windows
 
 LINE_ITEMS = ("weights", "kv_cache", "activations", "overhead", "total")
 
@@ -134,13 +134,14 @@ def kv_heads_per_rank(spec: ModelSpec, tp: int) -> int:
     return max(1, spec.kv_heads // tp)
 
 
-def kv_tokens_held(context: int, window: int, eng: EngineProfile) -> int:
+def kv_tokens_held(context: int, window: int, eng: EngineProfile, uniform: bool = False) -> int:
     """Tokens one sequence's cache holds in a layer that attends to at most ``window`` tokens
-    (0 = every token): capped at the window where the engine caps such layers, then rounded up to
-    whole blocks on a paged engine."""
+    (0 = every token): capped at the window (plus the engine's extra tokens) where the engine caps
+    such layers (``uniform``: every layer of the model is windowed), then rounded up to whole
+    blocks on a paged engine."""
     s = context
-    if window and eng.sliding_window_cache:
-        s = min(s, window)
+    if window and eng.sliding_window_cache and (eng.uniform_window_cache or not uniform):
+        s = min(s, window + eng.window_extra_tokens)
     if eng.kv_block_tokens:
         s = -(-s // eng.kv_block_tokens) * eng.kv_block_tokens
     return s
@@ -151,10 +152,11 @@ def kv_by_kind(spec: ModelSpec, lo: int, hi: int, context: int,
     """Layers lo..hi-1 grouped by attention kind and window: for each, the layer count, the window
     (0 = none) and the tokens per sequence the cache holds there."""
     out: dict[str, dict[str, int]] = {}
+    uniform = not windows(spec)[0]
     for i in range(lo, hi):
         kind, w = spec.layer_kind(i), spec.window_of(i)
         k = out.setdefault(kind, {"layers": 0, "window": w,
-                                  "tokens_per_sequence": kv_tokens_held(context, w, eng)})
+                                  "tokens_per_sequence": kv_tokens_held(context, w, eng, uniform)})
         k["layers"] += 1
     return out
 
@@ -255,19 +257,31 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
             qkv = T * (heads_r + 2 * kv_r) * spec.head_dim * a
         attn = {"hidden": stream, "qkv": qkv,
                 "attn_out": T * heads_r * spec.v_dim * a, "o_proj_out": T * h * a}
-        if eng.attention == "eager":
-            scores = seqs * heads_r * s_q * s_kv
+        if spec.qk_norm and not spec.mla:  # normed copies of q and k
+            attn["qk_norm"] = T * (heads_r + kv_r) * spec.head_dim * a
+        if spec.sandwich_norms:  # the post-attention norm's output beside the attention output
+            attn["post_norm"] = T * h * a
+        # softcapped scores need an explicit score matrix where the fused kernel cannot cap them
+        if eng.attention == "eager" or (spec.attn_softcap and not eng.fused_softcap):
+            # a windowed layer's queries see at most window (+ s_q) keys; the worst layer counts
+            unbounded, widest = windows(spec)
+            s_seen = s_kv if unbounded else min(s_kv, widest + s_q)
+            scores = seqs * heads_r * s_q * s_seen
             attn["scores"] = scores * a
             attn["softmax_fp32"] = scores * 4
+            if spec.attn_softcap:  # tanh(scores / cap) * cap: one more score-sized tensor
+                attn["softcap"] = scores * a
             if eng.repeat_kv and not spec.mla and kv_r < heads_r:
-                attn["repeat_kv"] = 2 * seqs * heads_r * s_kv * spec.head_dim * a
+                attn["repeat_kv"] = 2 * seqs * heads_r * s_seen * spec.head_dim * a
         phases["attention"] = attn
         n_mats = 3 if spec.gated_ffn else 2
-        dense_layers = spec.layers if not spec.moe else spec.dense_layers
+        dense_layers = spec.layers - spec.moe_layer_count()
         mlp: dict[str, int] = {}
         if dense_layers:
             mlp = {"hidden": stream, "ffn": n_mats * T * (spec.ffn // tp) * a,
                    "down_out": T * h * a}
+            if spec.sandwich_norms:
+                mlp["post_norm"] = T * h * a
         if spec.moe:
             width = (spec.expert_ffn or spec.ffn) // tp
             moe = {"hidden": stream,
@@ -277,6 +291,8 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
                    "moe_out": T * h * a}
             if spec.shared_experts:
                 moe["shared_out"] = T * h * a
+            if spec.sandwich_norms:
+                moe["post_norm"] = T * h * a
             if sum(moe.values()) > sum(mlp.values()):
                 mlp = moe
         phases["mlp"] = mlp
@@ -286,6 +302,8 @@ def _activation_peak(spec: ModelSpec, eng: EngineProfile, tp: int, a: int, token
                 "logits_fp32": logit_rows * vocab_pad * 4}
         if tp > 1:
             head["logits_gathered"] = logit_rows * vocab_pad * a
+        if spec.final_softcap:  # tanh(logits / cap) * cap in fp32
+            head["logits_softcap"] = logit_rows * vocab_pad * 4
         phases["lm_head"] = head
     if not phases:
         return 0, {}

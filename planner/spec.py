@@ -552,6 +552,13 @@ def tensor_groups(spec: ModelSpec) -> dict[str, tuple[tuple[Tensor, int], ...]]:
     return {cls: tuple((t, n) for t, n in g.values()) for cls, g in groups.items()}
 
 
+@functools.lru_cache(maxsize=256)
+def windows(spec: ModelSpec) -> tuple[bool, int]:
+    """(whether some layer attends to every token, the largest window of a windowed layer or 0)."""
+    ws = [spec.window_of(i) for i in range(spec.layers)]
+    return (not all(ws), max(ws))
+
+
 @functools.lru_cache(maxsize=64)
 def param_count(spec: ModelSpec) -> int:
     """Parameters of the model, from the inventory."""

@@ -97,8 +97,31 @@ def test_sliding_window_caps_the_cache():
     spec = lookup("mistral-7b").spec
     long = estimate(spec, "fp16", "fp16", 1, 1, Workload(1, 8192, 0))
     assert long.ranks[0].kv_cache == 4096 * 131_072
+    # transformers 5's DynamicSlidingWindowLayer keeps the last sliding_window - 1 tokens
+    # (cache_utils.py: full_key_states[:, :, -self.sliding_window + 1:, :])
     hf = estimate(spec, "fp16", "fp16", 1, 1, Workload(1, 8192, 0), "transformers")
-    assert hf.ranks[0].kv_cache == 8192 * 131_072
+    assert hf.ranks[0].kv_cache == 4095 * 131_072
+    # llama.cpp has no SWA cache for an all-sliding (llama-arch) model: the whole context
+    cpp = estimate(spec, "q8_0", "fp16", 1, 1, Workload(1, 8192, 0), "llama.cpp")
+    assert cpp.ranks[0].kv_cache == 8192 * 131_072
+
+
+def test_interleaved_sliding_layers_hold_the_window():
+    from dataclasses import replace
+    base = lookup("llama-2-7b").spec  # 32 layers, 524,288 KV bytes per token
+    kinds = tuple("full" if (i + 1) % 4 == 0 else "sliding" for i in range(32))
+    spec = replace(base, layer_types=kinds, sliding_window=1024)
+    per_layer = 524_288 // 32
+    est = estimate(spec, "fp16", "fp16", 1, 1, Workload(2, 8192, 0))
+    assert est.ranks[0].kv_cache == 2 * per_layer * (8 * 8192 + 24 * 1024)
+    by = est.ranks[0].detail["kv_cache"]["by_kind"]
+    assert by["full"]["layers"] == 8 and by["sliding"]["tokens_per_sequence"] == 1024
+    # llama.cpp's iSWA cache: window + n_ubatch (512) tokens on the sliding layers
+    cpp = estimate(spec, "q8_0", "fp16", 1, 1, Workload(2, 8192, 0), "llama.cpp")
+    assert cpp.ranks[0].kv_cache == 2 * per_layer * (8 * 8192 + 24 * (1024 + 512))
+    # a context inside the window: every layer holds the whole context
+    short = estimate(spec, "fp16", "fp16", 1, 1, Workload(1, 600, 0))
+    assert short.ranks[0].kv_cache == 600 * 524_288
 
 
 def test_paged_engine_rounds_to_blocks():
