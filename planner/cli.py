@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from planner import __version__
 from planner.errors import DoesNotFit, InfeasibleError, InputError, PlannerError
-from planner.units import fmt_bytes, fmt_count, parse_tokens
+from planner.units import fmt_bytes, fmt_count, parse_tokens, tokens_arg
 
 OBJECTIVES = ("quality", "gpus", "cost", "throughput")
 
@@ -22,17 +22,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit 2."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise InputError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise InputError(f"{message} (see {self.prog} --help)")
 
 
 def _tokens(what: str, minimum: int = 1) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            return parse_tokens(text, what, minimum)
-        except InputError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    parse.__name__ = what
-    return parse
+    return tokens_arg(what, minimum)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -734,7 +728,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(planner --help lists them)")
         return int(args.func(args))
     except PlannerError as e:
-        sys.stderr.write(f"planner: error: {e}\n")
+        msg = " ".join(str(e).split())  # one line, whatever a message or a hostile name holds
+        while msg.startswith(("planner: ", "error: ")):
+            msg = msg.split(": ", 1)[1]
+        sys.stderr.write(f"planner: error: {msg}\n")
         return e.exit_code
     except BrokenPipeError:
         return 0

@@ -16,6 +16,15 @@ import sys
 import time
 
 from planner.errors import InputError
+from planner.units import seconds_arg, tokens_arg
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"--master-port must be a TCP port 1..65535, got {text!r}")
+    return int(text)
 
 
 def add_parser(subparsers) -> None:
@@ -32,14 +41,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--force", action="store_true",
                    help="run even when the prediction exceeds the free memory detected")
-    p.add_argument("--timeout", type=float, default=0,
+    p.add_argument("--timeout", type=seconds_arg("--timeout"), default=0,
                    help="kill every rank after this many seconds (0 = no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
-    p.add_argument("--nodes", type=int, default=1,
+    p.add_argument("--nodes", type=tokens_arg("--nodes"), default=1, metavar="N",
                    help="spread the ranks over this many hosts: prints the torchrun command to "
                         "run on each node (with --master-addr) instead of starting anything")
     p.add_argument("--master-addr", default=None, help="rendezvous host for --nodes > 1")
-    p.add_argument("--master-port", type=int, default=29500, help="rendezvous port (default 29500)")
+    p.add_argument("--master-port", type=_port, default=29500, help="rendezvous port (default 29500)")
     q = p.add_argument_group("quality (one process at TP 1 with the checkpoint's tokenizer; no "
                              "memory measurement)")
     q.add_argument("--eval", action="store_true",
@@ -47,17 +56,32 @@ def add_parser(subparsers) -> None:
                         "against the checkpoint dequantized to the activation dtype")
     q.add_argument("--eval-text", default=None,
                    help="UTF-8 text to evaluate on (default: the standard library's pydoc_data)")
-    q.add_argument("--eval-tokens", type=int, default=None,
+    q.add_argument("--eval-tokens", type=tokens_arg("--eval-tokens", 2), default=None, metavar="N",
                    help="evaluate the first N tokens of the text (default 4096)")
-    q.add_argument("--eval-window", type=int, default=None, help="sliding window (default 512)")
-    q.add_argument("--eval-stride", type=int, default=None, help="window stride (default 256)")
+    q.add_argument("--eval-window", type=tokens_arg("--eval-window", 2), default=None, metavar="N", help="sliding window (default 512)")
+    q.add_argument("--eval-stride", type=tokens_arg("--eval-stride"), default=None, metavar="N", help="window stride (default 256)")
     q.add_argument("--tokenizer", default=None,
                    help="tokenizer.json or GGUF (default: the checkpoint's own)")
     q.add_argument("--prompt", default=None,
                    help="print the greedy continuation of this text in the plan's format")
-    q.add_argument("--max-new-tokens", type=int, default=None,
+    q.add_argument("--max-new-tokens", type=tokens_arg("--max-new-tokens"), default=None,
+                   metavar="N",
                    help="tokens --prompt generates (default 32)")
     p.set_defaults(func=cmd_launch)
+
+
+RUNTIME_MODULES = ("torch", "numpy", "safetensors", "gguf")
+"""What the runtime imports; the base install has none of them (``pip install 'planner[runtime]'``)."""
+
+
+def require_runtime(command: str, extra_modules: tuple[str, ...] = ()) -> None:
+    """One line naming the extra to install when the runtime's dependencies are missing."""
+    import importlib.util
+
+    missing = [m for m in (*RUNTIME_MODULES, *extra_modules) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise InputError(f"{command} needs the runtime extra ({', '.join(missing)} not installed): "
+                         "pip install 'planner[runtime]' (CPU only: pip install torch==2.13.0 first)")
 
 
 def _device_count(device: str) -> tuple[int, str]:
@@ -118,6 +142,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(" ".join(cmd))
         return 0
+    require_runtime("planner launch", ("tokenizers",) if quality else ())
     return run_group(cmd, args.timeout or None)
 
 
@@ -165,7 +190,7 @@ def run_group(cmd: list[str], timeout: float | None) -> int:
                 break
             except subprocess.TimeoutExpired:
                 if deadline and time.monotonic() > deadline:
-                    print(f"planner launch: timed out after {timeout:g} s; stopping every rank",
+                    print(f"planner: error: launch timed out after {timeout:g} s; stopping every rank",
                           file=sys.stderr)
                     _kill_group(proc)
                     return 124
@@ -174,7 +199,7 @@ def run_group(cmd: list[str], timeout: float | None) -> int:
         raise
     _kill_group(proc)  # a rank that failed may leave siblings behind; the group goes with it
     if rc < 0:
-        print(f"planner launch: the runtime was killed by signal {-rc}", file=sys.stderr)
+        print(f"planner: error: the runtime was killed by signal {-rc}", file=sys.stderr)
         return 1
     return rc
 

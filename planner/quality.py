@@ -27,6 +27,7 @@ import sys
 import tempfile
 
 from planner.errors import InputError
+from planner.units import seconds_arg, tokens_arg
 
 DEFAULT_WEIGHTS = "fp16,int8,llm-int8,int4-g128,int4-g64,nf4,int4,absmax"
 MAX_REPORT_BYTES = 16 << 20
@@ -40,35 +41,45 @@ def add_parser(subparsers) -> None:
         "quality", help="measured perplexity, KL and top-1 agreement per weight format on a real "
                         "checkpoint (runs the runtime)",
         description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", "-c", required=True,
-                   help="GGUF file, safetensors file or HF folder (with its tokenizer)")
+    # One vocabulary with the other commands: --model as everywhere, --eval-* / --prompt /
+    # --max-new-tokens as planner launch; the earlier names stay as aliases.
+    p.add_argument("--model", "-m", "--checkpoint", "-c", dest="checkpoint", required=True, metavar="PATH",
+                   help="the checkpoint: a GGUF file, safetensors file or HF folder (with its "
+                        "tokenizer)")
     p.add_argument("--weights", "-w", default=DEFAULT_WEIGHTS,
                    help=f"comma-separated weight formats (default {DEFAULT_WEIGHTS}); formats the "
                         "model's shapes do not allow are listed as skipped")
     p.add_argument("--eval-text", default=None,
                    help="UTF-8 text file (default: the standard library's pydoc_data topics)")
-    p.add_argument("--tokens", type=int, default=4096,
-                   help="evaluate the first N tokens of the text (default 4096)")
-    p.add_argument("--window", type=int, default=512, help="sliding window in tokens (default 512)")
-    p.add_argument("--stride", type=int, default=256, help="window stride in tokens (default 256)")
+    p.add_argument("--eval-tokens", "--tokens", dest="tokens", type=tokens_arg("--eval-tokens", 2), metavar="N",
+                   default=4096, help="evaluate the first N tokens of the text (default 4096; 4k, 1m)")
+    p.add_argument("--eval-window", "--window", dest="window", type=tokens_arg("--eval-window", 2), metavar="N",
+                   default=512, help="sliding window in tokens (default 512)")
+    p.add_argument("--eval-stride", "--stride", dest="stride", type=tokens_arg("--eval-stride"), metavar="N",
+                   default=256, help="window stride in tokens (default 256)")
     p.add_argument("--kv-cache", default=None,
                    help="KV-cache format during the eval (default: the activation dtype)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json or GGUF to take the tokenizer from (default: the checkpoint's)")
-    p.add_argument("--generate", default=None, metavar="PROMPT",
+    p.add_argument("--prompt", "--generate", dest="generate", default=None, metavar="PROMPT",
                    help="also continue PROMPT greedily with the base and every format")
-    p.add_argument("--generate-tokens", type=int, default=24)
-    p.add_argument("--timeout", type=float, default=0, help="stop the runtime after this many seconds")
+    p.add_argument("--max-new-tokens", "--generate-tokens", dest="generate_tokens",
+                   type=tokens_arg("--max-new-tokens"), metavar="N", default=24,
+                   help="tokens --prompt generates (default 24)")
+    p.add_argument("--timeout", type=seconds_arg("--timeout"), default=0,
+                   help="stop the runtime after this many seconds (default 0: no limit)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=cmd_quality)
 
 
 def cmd_quality(args: argparse.Namespace) -> int:
-    from planner.launch import run_group
+    from planner.launch import require_runtime, run_group
     from planner.precision import weight_format
     from planner.sources import resolve
+
+    require_runtime("planner quality", ("tokenizers",))
 
     keys = [k.strip() for k in args.weights.split(",") if k.strip()]
     if not keys:

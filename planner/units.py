@@ -38,15 +38,52 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+_TOKEN_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
+"""Token counts are binary, as context lengths are: 4k = 4096, 128k = 131072, 1m = 1048576."""
+
+
 def parse_tokens(text: str, what: str, minimum: int = 1) -> int:
-    """A token or sequence count: '2048', '4k' (= 4096), '32K'. Rejects zero, negatives, junk."""
+    """A token or sequence count: '2048', '4k' (= 4096), '32K', '1m' (= 2^20). Rejects zero,
+    negatives, fractions and junk."""
     s = str(text).strip().lower().replace("_", "")
-    m = re.fullmatch(r"([0-9]+)(k?)", s)
+    m = re.fullmatch(r"([0-9]+)([km]?)", s)
     if not m:
-        raise InputError(f"{what} must be a whole number (like 2048 or 4k), got {text!r}")
-    value = int(m.group(1)) * (1024 if m.group(2) else 1)
+        raise InputError(f"{what} must be a whole number (like 2048, 4k or 1m), got {text!r}")
+    value = int(m.group(1)) * _TOKEN_SUFFIX[m.group(2)]
     if value < minimum:
         raise InputError(f"{what} must be at least {minimum}, got {text!r}")
     if value > 1 << 40:
         raise InputError(f"{what} {text!r} is implausibly large")
     return value
+
+
+def tokens_arg(what: str, minimum: int = 1):
+    """An argparse ``type=`` for a token count (``parse_tokens``); errors name the flag."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            return parse_tokens(text, what, minimum)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = what
+    return parse
+
+
+def seconds_arg(what: str):
+    """An argparse ``type=`` for a time limit in seconds: a finite number >= 0 (0 = no limit)."""
+    import argparse
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number of seconds, got "
+                                             f"{text!r}") from None
+        if not math.isfinite(value) or value < 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a finite number of seconds >= 0 "
+                                             f"(0 = no limit), got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
