@@ -42,13 +42,36 @@ def entries() -> tuple[CatalogEntry, ...]:
         data = _load_yaml(os.path.join(_DIR, fname))
         for i, item in enumerate(data.get("models", [])):
             where = f"catalog {fname} entry {i}"
-            spec_data = dict(item["spec"])
-            spec_data["name"] = item["name"]
-            spec_data["source"] = item["source"]
-            spec = ModelSpec.from_dict(spec_data, where)
+            if "config" in item:
+                # The model's published config.json, stored verbatim beside the catalog: the same
+                # parser reads it as reads a user's file, and the oracle tests build it in
+                # transformers.
+                spec = _spec_from_stored_config(item, where)
+            else:
+                spec_data = dict(item["spec"])
+                spec_data["name"] = item["name"]
+                spec_data["source"] = item["source"]
+                spec = ModelSpec.from_dict(spec_data, where)
             out.append(CatalogEntry(spec, tuple(item.get("aliases", [])), item["source"],
                                     item.get("note", ""), fname))
     return tuple(out)
+
+
+CONFIG_DIR = os.path.join(_DIR, "configs")
+"""Published config.json files of catalog models (``config: NAME.json`` in an entry)."""
+
+
+def _spec_from_stored_config(item: dict, where: str) -> ModelSpec:
+    import dataclasses
+    import json
+
+    from planner.sources import spec_from_config
+
+    path = os.path.join(CONFIG_DIR, item["config"])
+    with open(path, encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    spec = spec_from_config(cfg, item["name"], f"{where} ({item['config']})")
+    return dataclasses.replace(spec, source=item["source"])
 
 
 @functools.lru_cache(maxsize=1)
