@@ -100,8 +100,250 @@ def _float(cfg: dict, where: str, key: str, default: float) -> float:
     return float(value)
 
 
-_SUPPORTED = ("llama", "mistral", "qwen2", "phi3", "mixtral", "opt", "gpt2", "bloom", "falcon",
-              "RefinedWeb", "RefinedWebModel", "deepseek_v3", "glm")
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "phi3", "mixtral", "deepseek_v3", "deepseek_v2",
+               "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gpt_oss", "llama4_text", "phimoe",
+               "glm4", "glm4_moe")
+"""Model types read by the one decoder-block parser below (RoPE, RMSNorm or LayerNorm, gated FFN,
+GQA or MLA, optional MoE)."""
+
+_MULTIMODAL = {"gemma3": "gemma3_text", "llama4": "llama4_text", "mistral3": "mistral"}
+"""Multimodal model types -> the model type of their ``text_config`` (planned as the text model,
+with the vision tower and projector counted as weights)."""
+
+_SUPPORTED = (*_LLAMA_LIKE, *_MULTIMODAL, "opt", "gpt2", "bloom", "falcon", "RefinedWeb",
+              "RefinedWebModel", "glm")
+
+# Defaults of fields that published configs leave out, as transformers 5.24's configuration_*.py
+# classes set them (the model is built with these when the field is absent).
+_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "qwen3": {"vocab_size": 151936, "head_dim": 128, "max_position_embeddings": 32768},
+    "qwen3_moe": {"vocab_size": 151936, "max_position_embeddings": 32768,
+                  "decoder_sparse_step": 1, "moe_intermediate_size": 768,
+                  "num_experts_per_tok": 8, "num_experts": 128},
+    "gemma2": {"vocab_size": 256000, "head_dim": 256, "max_position_embeddings": 8192,
+               "tie_word_embeddings": True, "sliding_window": 4096,
+               "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
+    "gemma3_text": {"vocab_size": 262208, "head_dim": 256, "max_position_embeddings": 131072,
+                    "tie_word_embeddings": True, "sliding_window": 4096, "rope_theta": 1e6,
+                    "sliding_window_pattern": 6},
+    "gpt_oss": {"vocab_size": 201088, "head_dim": 64, "sliding_window": 128,
+                "max_position_embeddings": 131072, "num_experts_per_tok": 4,
+                "num_local_experts": 128, "attention_bias": True, "rope_theta": 150000.0},
+    "llama4_text": {"vocab_size": 202048, "head_dim": 128, "max_position_embeddings": 131072,
+                    "num_experts_per_tok": 1, "num_local_experts": 16,
+                    "interleave_moe_layer_step": 1, "use_qk_norm": True,
+                    "attention_chunk_size": 8192, "no_rope_layer_interval": 4,
+                    "rope_theta": 500000.0, "rms_norm_eps": 1e-5},
+    "phimoe": {"vocab_size": 32064, "max_position_embeddings": 131072, "num_experts_per_tok": 2,
+               "num_local_experts": 16, "rms_norm_eps": 1e-5},
+    "deepseek_v2": {"vocab_size": 102400, "q_lora_rank": 1536, "kv_lora_rank": 512,
+                    "n_routed_experts": 64, "n_shared_experts": 2, "qk_nope_head_dim": 128,
+                    "qk_rope_head_dim": 64, "v_head_dim": 128, "moe_intermediate_size": 1407,
+                    "first_k_dense_replace": 0, "topk_method": "greedy"},
+    "glm": {"vocab_size": 151552, "head_dim": 128, "max_position_embeddings": 131072,
+            "attention_bias": True, "rms_norm_eps": 1.5625e-07},
+    "glm4": {"vocab_size": 151552, "head_dim": 128, "max_position_embeddings": 131072,
+             "attention_bias": True, "rms_norm_eps": 1.5625e-07},
+    "glm4_moe": {"vocab_size": 151552, "max_position_embeddings": 131072,
+                 "moe_intermediate_size": 1408, "num_experts_per_tok": 8, "n_shared_experts": 1,
+                 "n_routed_experts": 128, "first_k_dense_replace": 1, "use_qk_norm": False},
+    "mistral": {"vocab_size": 32000, "max_position_embeddings": 131072},
+}
+
+_TEXT_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+"""Fields a ``text_config`` must give itself: a text model without its widths is not one."""
+
+_LAYER_TYPE_NAMES = {"full_attention": "full", "sliding_attention": "sliding",
+                     "chunked_attention": "chunked", "full": "full", "sliding": "sliding",
+                     "chunked": "chunked"}
+
+
+def _text_config(cfg: dict, mt: str, where: str) -> tuple[dict, str]:
+    """The text model's config of a multimodal config.json, with its type's defaults filled in."""
+    text = cfg.get("text_config")
+    if not isinstance(text, dict):
+        raise InputError(f"{where}: a {mt!r} config needs a 'text_config' object")
+    missing = [k for k in _TEXT_REQUIRED if text.get(k) is None]
+    if missing:
+        raise InputError(f"{where}: text_config lacks {', '.join(repr(k) for k in missing)}")
+    text_mt = text.get("model_type") or _MULTIMODAL[mt]
+    if text_mt not in _LLAMA_LIKE:
+        raise InputError(f"{where}: text_config model_type {text_mt!r} is not supported")
+    merged = dict(text)
+    for k in ("torch_dtype", "dtype", "tie_word_embeddings"):
+        if merged.get(k) is None and cfg.get(k) is not None:
+            merged[k] = cfg[k]
+    merged["model_type"] = text_mt
+    return merged, text_mt
+
+
+def _rope_theta(cfg: dict, where: str, default: float) -> float:
+    """rope_theta at the top level (older configs), or in transformers 5's rope_parameters
+    (flat, or per layer type as Gemma 3 writes it: the full-attention layers' base)."""
+    if cfg.get("rope_theta") is not None:
+        return _float(cfg, where, "rope_theta", default)
+    rp = cfg.get("rope_parameters")
+    if isinstance(rp, dict):
+        inner = rp.get("full_attention") if isinstance(rp.get("full_attention"), dict) else rp
+        if inner.get("rope_theta") is not None:
+            return _float(inner, f"{where}: rope_parameters", "rope_theta", default)
+    return default
+
+
+def _layer_types(cfg: dict, where: str, layers: int, mt: str) -> tuple[str, ...]:
+    """Attention kind per layer: config.json's own ``layer_types``, else the pattern the model
+    type's config class derives (transformers 5.24 configuration_*.py)."""
+    lt = cfg.get("layer_types")
+    if lt is not None:
+        if not isinstance(lt, list) or not all(isinstance(x, str) for x in lt):
+            raise InputError(f"{where}: 'layer_types' must be a list of strings")
+        bad = [x for x in lt if x not in _LAYER_TYPE_NAMES]
+        if bad:
+            raise InputError(f"{where}: unknown layer kind {bad[0]!r} in layer_types; known: "
+                             f"{', '.join(k for k in _LAYER_TYPE_NAMES if '_' in k)}")
+        return tuple(_LAYER_TYPE_NAMES[x] for x in lt)
+    if mt in ("gemma2", "gpt_oss"):  # sliding, full, sliding, full, ...
+        return tuple("sliding" if (i + 1) % 2 else "full" for i in range(layers))
+    if mt == "gemma3_text":
+        n = _int(cfg, where, "sliding_window_pattern", cfg.get("sliding_window_pattern") or 6)
+        if n < 1:
+            raise InputError(f"{where}: 'sliding_window_pattern' must be at least 1")
+        return tuple("sliding" if (i + 1) % n else "full" for i in range(layers))
+    if mt == "llama4_text":
+        rope = _llama4_rope_layers(cfg, where, layers)
+        chunk = cfg.get("attention_chunk_size")
+        return tuple("chunked" if r and chunk else "full" for r in rope)
+    if mt in ("qwen2", "qwen3", "qwen3_moe") and _bool(cfg, where, "use_sliding_window", False) \
+            and cfg.get("sliding_window"):
+        first = _int(cfg, where, "max_window_layers", cfg.get("max_window_layers", layers))
+        return tuple("sliding" if i >= first else "full" for i in range(layers))
+    return ()
+
+
+def _llama4_rope_layers(cfg: dict, where: str, layers: int) -> list[int]:
+    """Llama 4's no_rope_layers: 1 = the layer applies RoPE, 0 = NoPE (every 4th by default)."""
+    nr = cfg.get("no_rope_layers")
+    if nr:
+        if not isinstance(nr, list) or len(nr) != layers or any(x not in (0, 1) for x in nr):
+            raise InputError(f"{where}: 'no_rope_layers' must list 0 or 1 for each of the "
+                             f"{layers} layers")
+        return list(nr)
+    every = _int(cfg, where, "no_rope_layer_interval", cfg["no_rope_layer_interval"])
+    if every < 1:
+        raise InputError(f"{where}: 'no_rope_layer_interval' must be at least 1")
+    return [int((i + 1) % every != 0) for i in range(layers)]
+
+
+def _int_list(cfg: dict, where: str, key: str) -> list[int]:
+    v = cfg.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool)
+                                          for x in v):
+        raise InputError(f"{where}: {key!r} must be a list of layer indices")
+    return v
+
+
+def _llama_like(cfg: dict, mt: str, where: str, d: dict[str, Any]) -> None:
+    """Fields of the shared decoder-block architectures, each read from its config key."""
+    cfg = {**_TEXT_DEFAULTS.get(mt, {}), **cfg}  # an explicit null overrides, as in transformers
+    g = lambda *k, **kw: _get(cfg, where, *k, **kw)  # noqa: E731
+    b = lambda k, default: _bool(cfg, where, k, default)  # noqa: E731
+    layers = _int(cfg, where, "num_hidden_layers", g("num_hidden_layers"))
+    heads = g("num_attention_heads")
+    kv = g("num_key_value_heads", default=heads)
+    d.update(family=mt.removesuffix("_text"), layers=layers, hidden=g("hidden_size"),
+             heads=heads, kv_heads=kv, ffn=g("intermediate_size"), vocab=g("vocab_size"),
+             tied_embeddings=b("tie_word_embeddings", False),
+             max_context=g("max_position_embeddings", default=2048),
+             rope_theta=_rope_theta(cfg, where, 10000.0),
+             norm_eps=_float(cfg, where, "rms_norm_eps", 1e-6))
+    if cfg.get("head_dim"):
+        d["head_dim"] = cfg["head_dim"]
+    attn_bias = b("attention_bias", False)
+    if mt == "qwen2":
+        d["qkv_bias"] = True
+    elif mt in ("glm4", "glm4_moe"):  # q/k/v biases, no o_proj bias (modeling_glm4*.py)
+        d["qkv_bias"] = attn_bias
+    elif attn_bias:
+        d["qkv_bias"] = d["o_bias"] = True
+    if b("mlp_bias", False):
+        d["mlp_bias"] = True
+    # attention kinds per layer
+    lt = _layer_types(cfg, where, layers, mt)
+    sw = cfg.get("sliding_window")
+    if lt:
+        d["layer_types"] = list(lt)
+        if "sliding" in lt:
+            d["sliding_window"] = _int(cfg, where, "sliding_window", sw or 0)
+        if "chunked" in lt:
+            d["attention_chunk"] = _int(cfg, where, "attention_chunk_size",
+                                        cfg.get("attention_chunk_size") or 0)
+    elif sw and mt in ("mistral", "mixtral", "phi3", "phimoe", "llama"):
+        d["sliding_window"] = _int(cfg, where, "sliding_window", sw)
+    # norms, softcaps, embeddings
+    if mt in ("gemma2", "gemma3_text"):
+        d.update(sandwich_norms=True, norm_offset=True, embed_scale=True, activation="gelu",
+                 attn_softcap=_float(cfg, where, "attn_logit_softcapping", 0.0),
+                 final_softcap=_float(cfg, where, "final_logit_softcapping", 0.0))
+    if mt == "glm4":
+        d["sandwich_norms"] = True
+    if mt in ("qwen3", "qwen3_moe", "gemma3_text") or (
+            mt == "glm4_moe" and b("use_qk_norm", False)):
+        d["qk_norm"] = "rms"
+    if mt == "phimoe":
+        d.update(norm="layernorm", lm_head_bias=b("lm_head_bias", False))
+    if mt == "gpt_oss":
+        d["attn_sinks"] = True
+    if mt == "llama4_text":
+        rope = _llama4_rope_layers(cfg, where, layers)
+        d["nope_layers"] = [i for i, r in enumerate(rope) if not r]
+        if b("use_qk_norm", True):
+            d["qk_norm"] = "l2"
+    # mixture of experts
+    if mt in ("mixtral", "phimoe"):
+        d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
+                 expert_ffn=g("intermediate_size"))
+    elif mt == "qwen3_moe":
+        d.update(experts=g("num_experts"), experts_per_token=g("num_experts_per_tok"),
+                 expert_ffn=g("moe_intermediate_size"),
+                 moe_step=_int(cfg, where, "decoder_sparse_step", g("decoder_sparse_step")),
+                 mlp_only_layers=_int_list(cfg, where, "mlp_only_layers"))
+    elif mt == "gpt_oss":
+        d.update(experts=g("num_local_experts"),
+                 experts_per_token=g("num_experts_per_tok", "experts_per_token"),
+                 expert_ffn=g("intermediate_size"), router_linear_bias=True, expert_bias=True,
+                 routing="softmax_topk")
+    elif mt == "llama4_text":
+        ffn_mlp = g("intermediate_size_mlp", default=None, required=False)
+        step = _int(cfg, where, "interleave_moe_layer_step", g("interleave_moe_layer_step"))
+        d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
+                 expert_ffn=g("intermediate_size"), shared_experts=1,
+                 shared_expert_ffn=g("intermediate_size"), ffn=ffn_mlp or g("intermediate_size"),
+                 routing="sigmoid")
+        moe_layers = cfg.get("moe_layers")
+        if moe_layers is not None:  # an explicit list: the rest are dense
+            listed = set(_int_list(cfg, where, "moe_layers"))
+            d["mlp_only_layers"] = [i for i in range(layers) if i not in listed]
+        else:
+            d["moe_step"] = step
+    elif mt in ("deepseek_v2", "deepseek_v3", "glm4_moe"):
+        d.update(experts=g("n_routed_experts"), experts_per_token=g("num_experts_per_tok"),
+                 shared_experts=g("n_shared_experts", default=0, required=False),
+                 expert_ffn=g("moe_intermediate_size"),
+                 dense_layers=g("first_k_dense_replace", default=0, required=False))
+        if mt == "glm4_moe" or cfg.get("topk_method", "noaux_tc") == "noaux_tc":
+            d["router_bias"] = True  # mlp.gate.e_score_correction_bias
+        if mt == "glm4_moe" or cfg.get("scoring_func", "softmax" if mt == "deepseek_v2"
+                                       else "sigmoid") == "sigmoid":
+            d["routing"] = "sigmoid"
+        freq = cfg.get("moe_layer_freq", 1)
+        if freq not in (1, None):
+            d["moe_step"] = _int(cfg, where, "moe_layer_freq", freq)
+    if mt in ("deepseek_v2", "deepseek_v3"):
+        d.update(q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=g("kv_lora_rank"),
+                 qk_nope_dim=g("qk_nope_head_dim"), qk_rope_dim=g("qk_rope_head_dim"),
+                 v_head_dim=g("v_head_dim"), head_dim=g("v_head_dim"))
 
 
 def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
@@ -112,6 +354,14 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     if mt not in _SUPPORTED:
         raise InputError(f"{where}: model_type {mt!r} is not supported; supported: "
                          f"{', '.join(_SUPPORTED)}")
+    vision = None
+    if mt in _MULTIMODAL:
+        from planner.vision import vision_spec_from_config
+
+        vision = vision_spec_from_config(cfg, where)
+        cfg, mt = _text_config(cfg, mt, where)
+    if mt == "glm" and "num_hidden_layers" in cfg:
+        mt = "glm4_native"  # transformers' GLM-4 (glm-4-9b-chat-hf), not GLM-130B's layout
     g = lambda *k, **kw: _get(cfg, where, *k, **kw)  # noqa: E731
     gi = lambda *k, **kw: _int(cfg, where, k[0], g(*k, **kw))  # noqa: E731
     b = lambda k, default: _bool(cfg, where, k, default)  # noqa: E731
@@ -119,38 +369,13 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     dt = cfg.get("torch_dtype") or cfg.get("dtype")
     d["dtype"] = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
         dt if isinstance(dt, str) else "", "fp16")
-    if mt in ("llama", "mistral", "qwen2", "phi3", "mixtral", "deepseek_v3"):
-        d.update(family=mt, layers=g("num_hidden_layers"), hidden=g("hidden_size"),
-                 heads=g("num_attention_heads"),
-                 kv_heads=g("num_key_value_heads", default=g("num_attention_heads")),
-                 ffn=g("intermediate_size"), vocab=g("vocab_size"),
-                 tied_embeddings=b("tie_word_embeddings", False),
-                 max_context=g("max_position_embeddings", default=2048),
-                 rope_theta=_float(cfg, where, "rope_theta", 10000.0),
-                 norm_eps=_float(cfg, where, "rms_norm_eps", 1e-6))
-        if cfg.get("head_dim"):
-            d["head_dim"] = cfg["head_dim"]
-        if mt == "qwen2":
-            d["qkv_bias"] = True
-        if b("attention_bias", False):
-            d["qkv_bias"] = d["o_bias"] = True
-        if b("mlp_bias", False):
-            d["mlp_bias"] = True
-        sw = cfg.get("sliding_window")
-        if sw and (mt != "qwen2" or b("use_sliding_window", False)):
-            d["sliding_window"] = _int(cfg, where, "sliding_window", sw)
-        if mt == "mixtral":
-            d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
-                     expert_ffn=g("intermediate_size"))
-        if mt == "deepseek_v3":
-            d.update(experts=g("n_routed_experts"), experts_per_token=g("num_experts_per_tok"),
-                     shared_experts=g("n_shared_experts", default=0, required=False),
-                     expert_ffn=g("moe_intermediate_size"),
-                     dense_layers=g("first_k_dense_replace", default=0, required=False),
-                     router_bias=cfg.get("topk_method", "noaux_tc") == "noaux_tc",
-                     q_lora_rank=cfg.get("q_lora_rank") or 0, kv_lora_rank=g("kv_lora_rank"),
-                     qk_nope_dim=g("qk_nope_head_dim"), qk_rope_dim=g("qk_rope_head_dim"),
-                     v_head_dim=g("v_head_dim"), head_dim=g("v_head_dim"))
+    if vision is not None:
+        d["vision"] = vision.to_dict()
+    if mt in _LLAMA_LIKE:
+        _llama_like(cfg, mt, where, d)
+    elif mt == "glm4_native":
+        _llama_like({**_TEXT_DEFAULTS["glm"], **cfg}, "glm4", where, d)
+        d.update(family="glm4", sandwich_norms=False)
     elif mt == "opt":
         if cfg.get("word_embed_proj_dim", cfg.get("hidden_size")) != cfg.get("hidden_size"):
             raise InputError(f"{where}: OPT with word_embed_proj_dim != hidden_size (opt-350m's "
