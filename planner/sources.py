@@ -438,11 +438,27 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
 
 # -- GGUF metadata -------------------------------------------------------------------------------
 
-_GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3"}
+_GGUF_ARCH = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "phi3": "phi3",
+              "qwen3": "qwen3", "qwen3moe": "qwen3_moe", "gemma2": "gemma2", "gemma3": "gemma3",
+              "gpt-oss": "gpt_oss", "llama4": "llama4", "deepseek2": "deepseek_v2",
+              "glm4": "glm4", "glm4moe": "glm4_moe", "phimoe": "phimoe", "mistral3": "mistral3"}
+"""GGUF ``general.architecture`` (as llama.cpp names it) -> family."""
+
+# Per-layer attention patterns llama.cpp applies by architecture rather than reading from the file
+# (src/llama-model.cpp load_hparams, ggml-org/llama.cpp @a5410f04: gemma2 set_swa_pattern(2),
+# gemma3 set_swa_pattern(6), gpt-oss pattern 2, llama4 chunked 8192 with pattern 4 and a NoPE layer
+# every 4th). set_swa_pattern(n): layer i is windowed unless (i + 1) % n == 0.
+_GGUF_SWA_PATTERN = {"gemma2": 2, "gemma3": 6, "gpt-oss": 2, "llama4": 4}
+_GGUF_GATING = {1: "softmax", 2: "sigmoid", 3: "softmax_topk"}
+"""llama.cpp's expert_gating_func: softmax, sigmoid, softmax_weight (softmax over the top k)."""
 
 
 def spec_from_gguf(meta: dict, tensor_names: set[str], name: str, where: str) -> ModelSpec:
-    """A ModelSpec from GGUF key/value metadata (Llama-style architectures)."""
+    """A ModelSpec from GGUF key/value metadata and the file's tensor names.
+
+    Widths and counts come from the metadata; a feature whose tensors are in the file (QK-norm
+    weights, post-norms, attention sinks, expert and router biases, shared experts, a query
+    low-rank projection, an LM-head bias) is read from the tensor names."""
     arch = meta.get("general.architecture")
     if arch not in _GGUF_ARCH:
         raise InputError(f"{where}: GGUF architecture {arch!r} is not supported; supported: "
@@ -452,8 +468,11 @@ def spec_from_gguf(meta: dict, tensor_names: set[str], name: str, where: str) ->
         v = meta.get(f"{arch}.{key}", default)
         if v is None:
             raise InputError(f"{where}: GGUF metadata lacks {arch}.{key}")
+        if isinstance(v, dict):  # an array value (per-layer counts): one value for every layer
+            raise InputError(f"{where}: GGUF {arch}.{key} varies per layer; not supported")
         return v
 
+    has = lambda t: t in tensor_names  # noqa: E731
     heads = k("attention.head_count")
     hidden = k("embedding_length")
     vocab = meta.get(f"{arch}.vocab_size")
@@ -462,23 +481,89 @@ def spec_from_gguf(meta: dict, tensor_names: set[str], name: str, where: str) ->
         vocab = tokens.get("len") if isinstance(tokens, dict) else None
     if not isinstance(vocab, int):
         raise InputError(f"{where}: GGUF metadata gives no vocabulary size")
+    layers = k("block_count")
     d: dict[str, Any] = {
         "name": name, "family": _GGUF_ARCH[arch], "source": f"GGUF metadata ({where})",
-        "layers": k("block_count"), "hidden": hidden, "heads": heads,
+        "layers": layers, "hidden": hidden, "heads": heads,
         "kv_heads": k("attention.head_count_kv", heads), "ffn": k("feed_forward_length"),
         "vocab": vocab, "max_context": k("context_length", 2048),
-        "tied_embeddings": "output.weight" not in tensor_names,
+        "tied_embeddings": not has("output.weight"),
         "rope_theta": float(k("rope.freq_base", 10000.0)),
-        "norm_eps": float(k("attention.layer_norm_rms_epsilon", 1e-5)),
+        "norm_eps": float(k("attention.layer_norm_rms_epsilon",
+                            k("attention.layer_norm_epsilon", 1e-5))),
     }
     key_len = meta.get(f"{arch}.attention.key_length")
-    if isinstance(key_len, int) and key_len != hidden // heads:
+    if isinstance(key_len, int) and isinstance(heads, int) and heads and key_len != hidden // heads:
         d["head_dim"] = key_len
-    if "blk.0.attn_q.bias" in tensor_names:
+    if has("blk.0.attn_q.bias"):
         d["qkv_bias"] = True
+    if has("blk.0.attn_output.bias"):
+        d["o_bias"] = True
+    if has("blk.0.attn_norm.bias"):
+        d["norm"] = "layernorm"
+    if has("output.bias"):
+        d["lm_head_bias"] = True
+    if has("blk.0.attn_q_norm.weight"):
+        d["qk_norm"] = "rms"
+    if has("blk.0.post_ffw_norm.weight"):  # post_attention_norm alone is gpt-oss's pre-FFN norm
+        d["sandwich_norms"] = True
+    if has("blk.0.attn_sinks.weight"):
+        d["attn_sinks"] = True
+    if arch in ("gemma2", "gemma3"):
+        d.update(norm_offset=True, embed_scale=True, activation="gelu")
+        if arch == "gemma2":  # llama.cpp's defaults when the keys are absent: 50 and 30
+            d.update(attn_softcap=float(k("attn_logit_softcapping", 50.0)),
+                     final_softcap=float(k("final_logit_softcapping", 30.0)))
     sw = meta.get(f"{arch}.attention.sliding_window")
-    if isinstance(sw, int) and sw > 0:
+    pattern = _GGUF_SWA_PATTERN.get(arch)
+    if arch == "llama4":
+        if not (isinstance(sw, int) and sw == 0):  # sliding_window 0 turns chunking off
+            d["layer_types"] = ["full" if (i + 1) % pattern == 0 else "chunked"
+                                for i in range(layers)]
+            d["attention_chunk"] = 8192
+            d["nope_layers"] = [i for i in range(layers) if (i + 1) % pattern == 0]
+        if k("expert_count", 0) != 128:  # llama.cpp: use_kq_norm off for the 128-expert model
+            d["qk_norm"] = "l2"
+    elif isinstance(sw, int) and sw > 0:
         d["sliding_window"] = sw
+        if pattern:
+            d["layer_types"] = ["full" if (i + 1) % pattern == 0 else "sliding"
+                                for i in range(layers)]
+    experts = k("expert_count", 0)
+    if experts:
+        d.update(experts=experts, experts_per_token=k("expert_used_count"),
+                 expert_ffn=k("expert_feed_forward_length", d["ffn"]),
+                 dense_layers=k("leading_dense_block_count", 0),
+                 moe_step=k("interleave_moe_layer_step", 1) or 1)
+        if has("blk.0.ffn_gate_inp.bias") or has(f"blk.{layers - 1}.ffn_gate_inp.bias"):
+            d["router_linear_bias"] = True
+        if has(f"blk.{layers - 1}.ffn_gate_exps.bias") or has(f"blk.{layers - 1}.ffn_down_exps.bias"):
+            d["expert_bias"] = True
+        if has(f"blk.{layers - 1}.exp_probs_b.bias"):
+            d["router_bias"] = True
+        shared = k("expert_shared_count", 1 if has(f"blk.{layers - 1}.ffn_up_shexp.weight")
+                   else 0)
+        if shared:
+            d["shared_experts"] = shared
+            width = meta.get(f"{arch}.expert_shared_feed_forward_length")
+            if arch == "llama4":  # one shared expert as wide as a routed one
+                width = d["expert_ffn"]
+            if isinstance(width, int) and width != d["expert_ffn"] * shared:
+                d["shared_expert_ffn"] = width
+        gating = meta.get(f"{arch}.expert_gating_func")
+        if isinstance(gating, int) and gating in _GGUF_GATING:
+            d["routing"] = _GGUF_GATING[gating]
+        elif arch == "gpt-oss":
+            d["routing"] = "softmax_topk"
+        elif arch == "llama4":
+            d["routing"] = "sigmoid"
+    if arch == "deepseek2":
+        rope = k("rope.dimension_count")
+        d.update(kv_lora_rank=k("attention.kv_lora_rank"), q_lora_rank=k("attention.q_lora_rank", 0),
+                 qk_rope_dim=rope, kv_heads=heads)
+        qk = meta.get(f"{arch}.attention.key_length_mla") or k("attention.key_length")
+        v = meta.get(f"{arch}.attention.value_length_mla") or k("attention.value_length")
+        d.update(qk_nope_dim=qk - rope, v_head_dim=v, head_dim=v)
     return ModelSpec.from_dict(d, where)
 
 
