@@ -71,12 +71,6 @@ class WeightFormat:
     def quantized(self) -> bool:
         return self.granularity != "none"
 
-    def element_bytes(self) -> int:
-        """Bytes per element for unquantized formats (fp32/fp16/bf16)."""
-        if self.quantized:
-            raise ValueError(f"{self.key} is quantized; use tensor_bytes")
-        return self.bits // 8
-
     def check_shape(self, rows: int, cols: int) -> str | None:
         """Why a (rows, cols) weight cannot be stored in this format, or None if it can."""
         if self.granularity == "group" and cols % self.group:

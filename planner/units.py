@@ -1,5 +1,5 @@
 """Unit conversion for printing and parsing. Bytes are ints inside; binary units (KiB, MiB, GiB =
-2^10, 2^20, 2^30) when printed. A user may type 24GB (10^9) or 24GiB (2^30): both mean what they say."""
+2^10, 2^20, 2^30) when printed. Token counts are parsed here (binary suffixes: 4k = 4096)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import re
 from planner.errors import InputError
 
 _BINARY = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)]
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-               "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
 def fmt_bytes(n: int) -> str:
@@ -28,14 +26,6 @@ def fmt_count(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return str(n)
-
-
-def parse_bytes(text: str) -> int:
-    """'24GB' -> 24*10^9, '24GiB' -> 24*2^30, '512' -> 512."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
-        raise InputError(f"cannot read {text!r} as a size (examples: 24GiB, 24GB, 512MiB)")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 _TOKEN_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
