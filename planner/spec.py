@@ -14,7 +14,7 @@ GPT-2's Conv1D included.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import math
@@ -209,6 +209,10 @@ class ModelSpec:
     """Dtype the original checkpoint is published in."""
     source: str = ""
     """Where these numbers come from."""
+    tensors: tuple[Tensor, ...] = field(default=(), hash=False, repr=False)
+    """An explicit inventory for an architecture known only to transformers (family 'generic',
+    planner/generic.py); when set, inventory() returns it. Left out of the hash (equal specs still
+    hash equal) so the cached functions keyed on a spec do not rehash thousands of tensors."""
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -264,6 +268,10 @@ class ModelSpec:
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
+        # [name, shape, role, split, layer] (+ dtype when fixed): compact in a plan file
+        d["tensors"] = [[t.name, list(t.shape), t.role, t.split, t.layer] + ([t.dtype] if t.dtype
+                                                                             else [])
+                        for t in self.tensors]
         return d
 
     @classmethod
@@ -281,6 +289,9 @@ class ModelSpec:
             if key == "vision":
                 kwargs[key] = None if value is None else VisionSpec.from_dict(
                     value, f"{where}: field 'vision'")
+                continue
+            if key == "tensors":
+                kwargs[key] = _tensors_from(value, f"{where}: field 'tensors'")
                 continue
             kwargs[key] = _coerce(value, ftype, f"{where}: field {key!r}")
         for req in ("name", "family", "layers", "hidden", "heads", "vocab"):
@@ -407,6 +418,39 @@ def _coerce(value: Any, ftype: Any, where: str) -> Any:
     return value
 
 
+MAX_TENSORS = 1 << 20
+"""Tensors an explicit inventory (ModelSpec.tensors) may list; DeepSeek-V3 unfused has ~45,000."""
+
+
+def _tensors_from(value: Any, where: str) -> tuple[Tensor, ...]:
+    """ModelSpec.tensors from its to_dict form: a list of [name, shape, role, split, layer(, dtype)]."""
+    if not isinstance(value, (list, tuple)):
+        raise InputError(f"{where} must be a list of [name, shape, role, split, layer] items")
+    if len(value) > MAX_TENSORS:
+        raise InputError(f"{where} lists {len(value)} tensors; implausibly many")
+    out = []
+    for i, item in enumerate(value):
+        w = f"{where} item {i}"
+        if not isinstance(item, (list, tuple)) or len(item) not in (5, 6):
+            raise InputError(f"{w} must be [name, shape, role, split, layer] (and a dtype)")
+        name, shape, role, split, layer = item[:5]
+        dtype = item[5] if len(item) == 6 else None
+        if not isinstance(name, str) or not isinstance(role, str):
+            raise InputError(f"{w}: name and role must be strings")
+        if split not in SPLITS:
+            raise InputError(f"{w}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if (not isinstance(shape, (list, tuple)) or not 1 <= len(shape) <= 8
+                or any(isinstance(d, bool) or not isinstance(d, int) or not 0 < d <= 1 << 40
+                       for d in shape)):
+            raise InputError(f"{w}: shape must be a list of 1 to 8 positive integers")
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise InputError(f"{w}: layer must be an integer")
+        if dtype not in (None, "fp32", "fp16", "bf16"):
+            raise InputError(f"{w}: dtype must be fp32, fp16 or bf16")
+        out.append(Tensor(name, tuple(shape), role, split, layer, dtype))
+    return tuple(out)
+
+
 def _norm(prefix: str, spec: ModelSpec, layer: int) -> list[Tensor]:
     out = [Tensor(f"{prefix}.weight", (spec.hidden,), "norm", "replicated", layer)]
     if spec.norm == "layernorm":
@@ -477,6 +521,8 @@ def inventory(spec: ModelSpec) -> tuple[Tensor, ...]:
 
 
 def _inventory(spec: ModelSpec) -> list[Tensor]:
+    if spec.tensors:  # an architecture known only to transformers (planner/generic.py)
+        return list(spec.tensors)
     L, h = spec.layers, spec.hidden
     out: list[Tensor] = [Tensor("model.embed_tokens.weight", (spec.vocab, h), "embedding",
                                 "vocab", -1)]
