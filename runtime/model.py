@@ -32,18 +32,11 @@ import kernels
 from planner.precision import QUANTIZED_ROLES
 from planner.spec import ModelSpec
 
-NOT_BUILT_FEATURES = {
-    "layer_types": "per-layer attention kinds", "attention_chunk": "chunked attention",
-    "nope_layers": "NoPE layers", "qk_norm": "QK-norm", "sandwich_norms": "sandwich norms",
-    "attn_softcap": "attention softcapping", "final_softcap": "final-logit softcapping",
-    "attn_sinks": "attention sinks", "router_linear_bias": "a router bias",
-    "expert_bias": "expert biases", "moe_step": "interleaved MoE layers",
-    "mlp_only_layers": "dense layers inside the MoE pattern",
-    "shared_expert_ffn": "a shared expert of its own width", "vision": "a vision tower",
-    "lm_head_bias": "an LM-head bias",
-}
+NOT_BUILT_FEATURES = {"vision": "a vision tower"}
 """Spec features the runtime does not build yet (field -> what it is); a spec that sets one is
-refused by name. Everything else is built by the one generic block below."""
+refused by name. Everything else is built by the one generic block below. The vision tower of a
+multimodal checkpoint is neither allocated nor run: its text model alone would be planned and
+measured against a prediction that counts the tower, so such a spec is refused."""
 _FEATURE_DEFAULTS = {"moe_step": 1}
 
 
@@ -64,9 +57,16 @@ def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
         f = missing[0]
         raise RuntimeError_(f"{spec.name}: the runtime does not build {NOT_BUILT_FEATURES[f]} "
                             f"({f}) yet")
-    if spec.family != "deepseek_v3" and (spec.mla or spec.shared_experts or spec.router_bias):
-        raise RuntimeError_(f"{spec.name}: MLA / shared experts / router bias are built for the "
-                            f"deepseek_v3 family only")
+    if spec.mla and any(spec.window_of(i) for i in range(spec.layers)):
+        raise RuntimeError_(f"{spec.name}: MLA with sliding or chunked layers is not built")
+    if spec.alibi and any(spec.window_of(i) for i in range(spec.layers)):
+        raise RuntimeError_(f"{spec.name}: ALiBi with sliding or chunked layers is not built")
+    if spec.tied_embeddings and spec.lm_head_bias:
+        raise RuntimeError_(f"{spec.name}: an LM-head bias with tied embeddings is not built")
+    if spec.sandwich_norms and spec.parallel_attn:
+        raise RuntimeError_(f"{spec.name}: sandwich norms in a parallel block are not built")
+    if (spec.attn_softcap or spec.attn_sinks) and spec.alibi:
+        raise RuntimeError_(f"{spec.name}: ALiBi with softcapping or sinks is not built")
     if spec.mla and spec.v_head_dim > spec.q_head_dim:
         raise RuntimeError_(f"{spec.name}: MLA with v_head_dim {spec.v_head_dim} above the query "
                             f"head dim {spec.q_head_dim} is not built")
@@ -74,9 +74,6 @@ def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
         raise RuntimeError_(f"{spec.name}: an odd qk_rope_dim ({spec.qk_rope_dim}) is not built")
     if spec.alibi and spec.rope_theta:
         raise RuntimeError_(f"{spec.name}: ALiBi and RoPE together are not built")
-    if spec.sliding_window and context > spec.sliding_window:
-        raise RuntimeError_(f"{spec.name}: context {context} exceeds the sliding window "
-                            f"{spec.sliding_window}; the runtime has no ring-buffer KV cache yet")
     if pp != 1:
         raise RuntimeError_(f"pipeline parallelism (PP {pp}) is not built in the runtime; use TP")
 
@@ -210,8 +207,35 @@ def alibi_slopes(n: int) -> list[float]:
     return slopes
 
 
+def window_mask(kind: str, window: int, pos: int, s: int, n: int, dtype: torch.dtype,
+                device=None) -> torch.Tensor:
+    """The additive mask [s, n] in ``dtype`` for queries pos..pos+s-1 over keys 0..n-1: 0 where key
+    j is visible to query i, -inf elsewhere. Causal (j <= i), and for ``sliding`` i - j < window
+    (transformers' sliding_window_overlay: the query and the window - 1 tokens before it), for
+    ``chunked`` j // window == i // window (Llama 4: the current attention_chunk only). Built per
+    layer right before attention; its transients (int64 positions [s, 1] and [n], a bool [s, n]
+    and one more bool [s, n] for the window test) are modelled in planner/activations.py."""
+    i = torch.arange(pos, pos + s, device=device).unsqueeze(1)
+    j = torch.arange(n, device=device)
+    bad = j > i
+    if kind == "sliding":
+        bad.logical_or_(j <= i - window)
+    elif kind == "chunked":
+        bad.logical_or_(j // window != i // window)
+    del i, j
+    mask = torch.zeros(s, n, dtype=dtype, device=device)
+    mask.masked_fill_(bad, float("-inf"))
+    return mask
+
+
 class Attention(nn.Module):
-    def __init__(self, spec: ModelSpec, lay: Layout):
+    """Multi-head attention of layer ``i``: GQA projections (optional biases), the per-head QK-norm
+    (``rms``: a (head_dim,) weight each, before RoPE, Qwen3 / Gemma 3; ``l2``: weightless, after
+    RoPE on RoPE layers only, Llama 4), RoPE unless the layer is NoPE, the layer's attention kind
+    (full; sliding and chunked layers keep a ring buffer of their window in the cache), and either
+    fused SDPA or, with score softcapping (Gemma 2) or sinks (gpt-oss), an explicit score matrix."""
+
+    def __init__(self, spec: ModelSpec, lay: Layout, i: int = 0):
         super().__init__()
         t = lay.tp
         hd, h = spec.head_dim, spec.hidden
@@ -222,9 +246,26 @@ class Attention(nn.Module):
         self.k_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
         self.v_proj = Linear(self.kv * hd, h, spec.qkv_bias, "kv", "linear", lay)
         self.o_proj = Linear(h, self.heads * hd, spec.o_bias, "row", "linear", lay)
+        if spec.qk_norm == "rms":
+            self.q_norm = Norm(hd, "rmsnorm", spec.norm_eps)
+            self.k_norm = Norm(hd, "rmsnorm", spec.norm_eps)
+        self.rms_qk = spec.qk_norm == "rms"
+        self.l2_qk = spec.qk_norm == "l2" and spec.uses_rope(i)
+        self.eps = spec.norm_eps
+        self.use_rope = spec.uses_rope(i)
+        self.kind, self.window = spec.layer_kind(i), spec.window_of(i)
+        self.softcap = spec.attn_softcap
+        # gpt-oss: one learned sink logit per query head (this rank's heads)
+        self.sinks = (nn.Parameter(torch.empty(self.heads, device="meta"), requires_grad=False)
+                      if spec.attn_sinks else None)
         # ALiBi: this rank's heads' slopes (python floats: no parameter, no buffer)
         self.slopes = (alibi_slopes(spec.heads)[lay.rank * self.heads:(lay.rank + 1) * self.heads]
                        if spec.alibi else None)
+
+    @property
+    def eager(self) -> bool:
+        """Scores are materialized: SDPA can neither softcap them nor add a sink column."""
+        return bool(self.softcap) or self.sinks is not None
 
     def forward(self, x: torch.Tensor, layer: int, cache: "KVCache", pos: int,
                 rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
@@ -232,21 +273,88 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(b, s, self.heads, self.hd)
         k = self.k_proj(x).view(b, s, self.kv, self.hd)
         v = self.v_proj(x).view(b, s, self.kv, self.hd)
-        if rope is not None:
+        if self.rms_qk:  # Qwen3 / Gemma 3: RMSNorm over each head's vector, before RoPE
+            q = self.q_norm(q)
+            k = self.k_norm(k)
+        if rope is not None and self.use_rope:
             _rope_(q, *rope)
             _rope_(k, *rope)
+        if self.l2_qk:  # Llama 4: weightless RMS ("L2") norm after RoPE
+            q = F.rms_norm(q, (self.hd,), None, self.eps)
+            k = F.rms_norm(k, (self.hd,), None, self.eps)
         cache.write(layer, pos, k, v)
-        del k, v
-        kc, vc = cache.read(layer, pos + s, q.dtype)
-        mask = None if self.slopes is None else self.alibi(pos, s, q.dtype, q.device)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), kc, vc, attn_mask=mask,
-                                           is_causal=(mask is None and pos == 0 and s > 1),
-                                           enable_gqa=self.kv != self.heads)
-        del q, kc, vc, mask
+        n = pos + s
+        mask = None
+        if self.window and s > 1 and n > self.window:
+            # a prompt longer than the window: the ring buffer keeps only the last window tokens,
+            # so this step attends over its own K and V with the layer's mask
+            if pos:
+                raise RuntimeError_("a multi-token step after the prompt on a sliding/chunked "
+                                    "layer is not built")
+            kc, vc = k.transpose(1, 2), v.transpose(1, 2)
+            if self.eager:
+                kc, vc = kc.contiguous(), vc.contiguous()
+            del k, v
+            mask = window_mask(self.kind, self.window, pos, s, n, q.dtype, q.device)
+        else:
+            del k, v
+            if self.window:  # the visible tokens are a prefix of the ring buffer
+                n = (min(n, cache.capacity(layer)) if self.kind == "sliding" else
+                     pos + s - (pos + s - 1) // self.window * self.window)
+            kc, vc = cache.read(layer, n, q.dtype)
+            if self.eager and s > 1:
+                mask = window_mask("full", 0, pos, s, n, q.dtype, q.device)
+        if self.slopes is not None:
+            mask = self.alibi(pos, s, q.dtype, q.device)
+        if self.eager:
+            o = self._eager(q, kc, vc, mask)
+            del q, kc, vc, mask
+        else:
+            m4 = None if mask is None or self.slopes is not None else mask.view(1, 1, *mask.shape)
+            o = F.scaled_dot_product_attention(
+                q.transpose(1, 2), kc, vc, attn_mask=mask if m4 is None else m4,
+                is_causal=(mask is None and pos == 0 and s > 1),
+                enable_gqa=self.kv != self.heads)
+            del q, kc, vc, mask, m4
         o = o.transpose(1, 2)
         if not o.is_contiguous():
             o = o.contiguous()
         return self.o_proj(o.view(b, s, self.heads * self.hd))
+
+    def _eager(self, q: torch.Tensor, kc: torch.Tensor, vc: torch.Tensor,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(cap·tanh(q·kᵀ/√d / cap) + mask [, sink]) · v, as transformers' eager attention of
+        Gemma 2 and gpt-oss: scores in the activation dtype, softmax in fp32 (over the sink column
+        too, which is then dropped), probabilities cast back. GQA without repeating K/V: the query
+        heads of one KV head are stacked along the rows. q [b, s, heads, hd]; kc, vc [b, kv, n,
+        hd]; returns [b, heads, s, hd]."""
+        b, s, H, hd = q.shape
+        kv, n = self.kv, kc.shape[2]
+        g = H // kv
+        qg = q.transpose(1, 2).contiguous().view(b, kv, g * s, hd)  # a copy unless s == 1
+        scores = torch.matmul(qg, kc.transpose(-1, -2))  # [b, kv, g*s, n]
+        del qg
+        if self.softcap:
+            scores.mul_(1.0 / (math.sqrt(hd) * self.softcap)).tanh_().mul_(self.softcap)
+        else:
+            scores.mul_(1.0 / math.sqrt(hd))
+        if mask is not None:
+            scores.view(b, kv, g, s, n).add_(mask)
+        if self.sinks is not None:
+            sink = self.sinks.to(scores.dtype).view(1, kv, g, 1, 1).expand(b, kv, g, s, 1)
+            cat = torch.cat([scores.view(b, kv, g, s, n), sink], dim=-1)
+            del scores, sink
+            probs = torch.softmax(cat, dim=-1, dtype=torch.float32)
+            del cat
+            p = probs[..., :n].to(q.dtype).view(b, kv, g * s, n)
+        else:
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+            del scores
+            p = probs.to(q.dtype)
+        del probs
+        o = torch.matmul(p, vc)  # [b, kv, g*s, hd] = [b, heads, s, hd]
+        del p
+        return o.view(b, H, s, hd)
 
     def alibi(self, pos: int, s: int, dtype: torch.dtype, device=None) -> torch.Tensor:
         """The SDPA float mask [1, heads_r, s, pos + s] in ``dtype``: slope * (j - i) for key j at or
@@ -350,16 +458,18 @@ def _rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: ModelSpec, width: int, role: str, lay: Layout):
+    def __init__(self, spec: ModelSpec, width: int, role: str, lay: Layout,
+                 bias: bool | None = None):
         super().__init__()
         h, t = spec.hidden, lay.tp
+        bias = spec.mlp_bias if bias is None else bias
         self.gated, self.act = spec.gated_ffn, spec.activation
         # Falcon (nn.GELU()) and GLM-130B (F.gelu) use the exact GELU; GPT-2 and BLOOM the tanh one
         self.approx = "none" if spec.family in ("falcon", "glm") else "tanh"
         if self.gated:
-            self.gate_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
-        self.up_proj = Linear(width // t, h, spec.mlp_bias, "column", role, lay)
-        self.down_proj = Linear(h, width // t, spec.mlp_bias, "row", role, lay)
+            self.gate_proj = Linear(width // t, h, bias, "column", role, lay)
+        self.up_proj = Linear(width // t, h, bias, "column", role, lay)
+        self.down_proj = Linear(h, width // t, bias, "row", role, lay)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
@@ -384,13 +494,14 @@ def _act_(x: torch.Tensor, kind: str, approximate: str = "tanh") -> None:
 
 
 class Router(Linear):
-    """The MoE gate: a replicated linear [E, h] in the activation dtype, and for DeepSeek-V3 an fp32
-    ``e_score_correction_bias`` [E] (inventory dtype fp32, kept fp32 by set_tensor)."""
+    """The MoE gate: a replicated linear [E, h] in the activation dtype (with an ordinary bias for
+    gpt-oss), and for DeepSeek-V3 / GLM-4.5 an fp32 ``e_score_correction_bias`` [E] (inventory
+    dtype fp32, kept fp32 by set_tensor)."""
 
     FP32 = ("e_score_correction_bias",)
 
-    def __init__(self, experts: int, h: int, bias: bool, lay: Layout):
-        super().__init__(experts, h, False, "replicated", "router", lay)
+    def __init__(self, experts: int, h: int, bias: bool, lay: Layout, linear_bias: bool = False):
+        super().__init__(experts, h, linear_bias, "replicated", "router", lay)
         self.e_score_correction_bias = (
             nn.Parameter(torch.empty(experts, device="meta"), requires_grad=False)
             if bias else None)
@@ -405,25 +516,38 @@ class MoE(nn.Module):
         super().__init__()
         self.k = spec.experts_per_token
         self.n = spec.experts
-        self.sigmoid = spec.family == "deepseek_v3"
-        self.gate = Router(spec.experts, spec.hidden, spec.router_bias, lay)
+        # e_score_correction_bias only exists with sigmoid scoring (DeepSeek-V3, GLM-4.5); specs
+        # written before the routing field set router_bias alone
+        self.routing = "sigmoid" if spec.router_bias else spec.routing
+        self.gate = Router(spec.experts, spec.hidden, spec.router_bias, lay,
+                           spec.router_linear_bias)
         width = spec.expert_ffn or spec.ffn
-        self.experts = nn.ModuleList(MLP(spec, width, "expert", lay)
+        self.experts = nn.ModuleList(MLP(spec, width, "expert", lay,
+                                         spec.mlp_bias or spec.expert_bias)
                                      for _ in range(spec.experts))
-        self.shared_experts = (MLP(spec, width * spec.shared_experts, "linear", lay)
+        self.shared_experts = (MLP(spec, spec.shared_width, "linear", lay)
                                if spec.shared_experts else None)
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(weights [.., k] fp32, expert ids [.., k]). Mixtral: softmax, top-k, renormalize.
-        DeepSeek-V3: sigmoid scores; the top-k is chosen on scores + e_score_correction_bias and
-        the weights are the chosen experts' scores normalized to sum 1 (group-limited routing and
-        routed_scaling_factor are not in the spec; neither changes a tensor's size)."""
+        """(weights [.., k] fp32, expert ids [.., k]). ``softmax`` (Mixtral, Qwen3-MoE, PhiMoE,
+        DeepSeek-V2): softmax over every expert, top-k. ``softmax_topk`` (gpt-oss): top-k of the
+        logits, softmax over those k. ``sigmoid`` (DeepSeek-V3, Llama 4): sigmoid scores; the top-k
+        is chosen on scores + e_score_correction_bias and the weights are the chosen experts'
+        scores. The caller normalizes the k weights to sum 1 (group-limited routing,
+        routed_scaling_factor, norm_topk_prob and Llama 4's scaling of the expert input are not in
+        the spec; none changes a tensor's size)."""
         logits = self.gate(x)
-        if not self.sigmoid:
+        if self.routing == "softmax":
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
             del logits
             w, idx = torch.topk(probs, self.k, dim=-1)
             del probs
+            return w, idx
+        if self.routing == "softmax_topk":
+            top, idx = torch.topk(logits, self.k, dim=-1)
+            del logits
+            w = torch.softmax(top, dim=-1, dtype=torch.float32)
+            del top
             return w, idx
         scores = logits.float()
         del logits
@@ -458,7 +582,7 @@ class Block(nn.Module):
     def __init__(self, spec: ModelSpec, i: int, lay: Layout):
         super().__init__()
         self.input_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
-        self.self_attn = MLAttention(spec, lay) if spec.mla else Attention(spec, lay)
+        self.self_attn = MLAttention(spec, lay) if spec.mla else Attention(spec, lay, i)
         self.parallel = spec.parallel_attn
         if not self.parallel or spec.parallel_norms == 2:
             # Falcon-40B/180B: ln_attn = input_layernorm, ln_mlp = post_attention_layernorm
@@ -466,15 +590,23 @@ class Block(nn.Module):
         else:
             self.post_attention_layernorm = None
         self.mlp = MoE(spec, lay) if spec.is_moe_layer(i) else MLP(spec, spec.ffn, "linear", lay)
+        if spec.sandwich_norms:  # Gemma 2/3, GLM-4: a norm on each sub-block's output too
+            self.post_self_attn_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+            self.post_mlp_layernorm = Norm(spec.hidden, spec.norm, spec.norm_eps)
+        self.sandwich = spec.sandwich_norms
         self.i = i
 
     def forward(self, h: torch.Tensor, cache, pos, rope) -> None:
         """Updates the residual stream ``h`` in place."""
         if not self.parallel:
             a = self.self_attn(self.input_layernorm(h), self.i, cache, pos, rope)
+            if self.sandwich:
+                a = self.post_self_attn_layernorm(a)
             h.add_(a)
             del a
             m = self.mlp(self.post_attention_layernorm(h))
+            if self.sandwich:
+                m = self.post_mlp_layernorm(m)
             h.add_(m)
         elif self.post_attention_layernorm is None:
             # parallel, one shared norm: the MLP reads x, not h, so the attention output can go
@@ -520,7 +652,8 @@ class Model(nn.Module):
         vp = padded_vocab(spec.vocab, lay.tp)
         self.vocab_rows = vp // lay.tp
         if not spec.tied_embeddings:
-            self.lm_head = Linear(self.vocab_rows, spec.hidden, False, "vocab", "lm_head", lay)
+            self.lm_head = Linear(self.vocab_rows, spec.hidden, spec.lm_head_bias, "vocab",
+                                  "lm_head", lay)
 
     # Inventory-named parameters (meta), for the materializer.
     def named_tensors(self):
@@ -552,6 +685,8 @@ class Model(nn.Module):
                              device=ids.device)
             h.add_(F.embedding(p, m.embed_positions))
             del p
+        if spec.embed_scale:  # Gemma: sqrt(hidden), rounded to the activation dtype as HF does
+            h.mul_(torch.tensor(math.sqrt(spec.hidden), dtype=h.dtype).item())
         if spec.embed_norm:
             x = m.embed_layernorm(h)
             del h
@@ -573,18 +708,33 @@ class Model(nn.Module):
         del h
         x = m.norm(last)
         del last
-        head = m.embed_tokens.weight if spec.tied_embeddings else None
-        if head is not None:
-            logits = F.linear(x, head)
-        else:
-            logits = self.lm_head(x)
+        logits = self._lm_head(x)
         del x
         return self._argmax(logits)
+
+    def _lm_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normed hidden states in the activation dtype (the LM-head bias inside the
+        matmul)."""
+        if self.spec.tied_embeddings:
+            return F.linear(x, self.model.embed_tokens.weight)
+        return self.lm_head(x)
+
+    def _softcap_(self, lf: torch.Tensor) -> torch.Tensor:
+        """Gemma 2's final softcap cap·tanh(logits / cap), in place on the fp32 logits."""
+        cap = self.spec.final_softcap
+        if cap:
+            lf.div_(cap).tanh_().mul_(cap)
+        return lf
+
+    def head_logits(self, last: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [rows, this rank's vocab rows] of final hidden states [rows, h] as the
+        greedy step sees them (final norm, LM head and its bias, final softcap); for evaluation."""
+        return self._softcap_(self._lm_head(self.model.norm(last)).float())
 
     def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy token over the vocab-parallel logits: local fp32 max, then one small all-gather."""
         lay = self.lay
-        lf = logits.float()
+        lf = self._softcap_(logits.float())
         del logits
         valid = self.spec.vocab - lay.rank * self.vocab_rows
         if valid < self.vocab_rows:
@@ -609,57 +759,105 @@ _KV_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class KVCache:
-    """One allocation for every layer's K and V: [layers, 2, b, kv_heads_rank, S, hd] in the KV
-    format (fp16/bf16; fp8 e4m3; int8 with an fp16 scale per token per head; int4 two per byte
-    with an fp16 scale). Bytes = planner's ``kv_cache`` line exactly."""
+    """K and V of every layer in the KV format (fp16/bf16; fp8 e4m3; int8 with an fp16 scale per
+    token per head; int4 two per byte with an fp16 scale), allocated up front. Layers are grouped
+    by how many tokens they hold: full layers the whole context, sliding and chunked layers a ring
+    buffer of min(context, window) tokens (token p in slot p % capacity). One allocation per
+    group, [layers, 2, b, kv_heads_rank, tokens, hd]; ``data``/``scale`` are the first group's
+    (the only one when no layer is windowed). Bytes = planner's ``kv_cache`` line exactly."""
 
     def __init__(self, spec: ModelSpec, fmt: str, tp: int, batch: int, tokens: int,
                  device: torch.device):
         self.fmt = fmt
         L, kv, hd = spec.layers, kv_heads_per_rank(spec, tp), spec.head_dim
-        shape = (L, 2, batch, kv, tokens)
         self.mla = spec.mla
         if spec.mla:
             # MLA: one vector per token per layer, [normed latent | rotated k_rope], the same on
             # every TP rank; quantized formats take one scale per vector
             hd = spec.kv_lora_rank + spec.qk_rope_dim
-            shape = (L, batch, tokens)
             self.lora = spec.kv_lora_rank
-        self.scale = None
-        if fmt in _KV_DTYPES:
-            self.data = torch.zeros(*shape, hd, dtype=_KV_DTYPES[fmt], device=device)
-        elif fmt == "fp8":
-            self.data = torch.zeros(*shape, hd, dtype=torch.float8_e4m3fn, device=device)
-        elif fmt == "int8":
-            self.data = torch.zeros(*shape, hd, dtype=torch.int8, device=device)
-            self.scale = torch.zeros(*shape, dtype=torch.float16, device=device)
-        elif fmt == "int4":
-            self.data = torch.zeros(*shape, (hd + 1) // 2, dtype=torch.uint8, device=device)
-            self.scale = torch.zeros(*shape, dtype=torch.float16, device=device)
-        else:
+        if fmt not in _KV_DTYPES and fmt not in ("fp8", "int8", "int4"):
             raise RuntimeError_(f"KV-cache format {fmt!r} is not built")
         self.hd = hd
+        caps = [min(tokens, spec.window_of(i)) if spec.window_of(i) else tokens for i in range(L)]
+        self.caps = caps
+        self.ring = [bool(spec.window_of(i)) for i in range(L)]
+        order = sorted(set(caps), key=caps.index)  # groups in order of first appearance
+        self._loc = [(order.index(c), sum(1 for x in caps[:i] if x == c))
+                     for i, c in enumerate(caps)]
+        self._data: list[torch.Tensor] = []
+        self._scale: list[torch.Tensor | None] = []
+        for c in order:
+            n = caps.count(c)
+            shape = (n, batch, c) if spec.mla else (n, 2, batch, kv, c)
+            if fmt in _KV_DTYPES:
+                d, sc = torch.zeros(*shape, hd, dtype=_KV_DTYPES[fmt], device=device), None
+            elif fmt == "fp8":
+                d, sc = torch.zeros(*shape, hd, dtype=torch.float8_e4m3fn, device=device), None
+            elif fmt == "int8":
+                d = torch.zeros(*shape, hd, dtype=torch.int8, device=device)
+                sc = torch.zeros(*shape, dtype=torch.float16, device=device)
+            else:
+                d = torch.zeros(*shape, (hd + 1) // 2, dtype=torch.uint8, device=device)
+                sc = torch.zeros(*shape, dtype=torch.float16, device=device)
+            self._data.append(d)
+            self._scale.append(sc)
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self._data[0]
+
+    @data.setter
+    def data(self, t: torch.Tensor) -> None:
+        self._data[0] = t
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        return self._scale[0]
 
     @property
     def nbytes(self) -> int:
-        n = self.data.numel() * self.data.element_size()
-        if self.scale is not None:
-            n += self.scale.numel() * self.scale.element_size()
-        return n
+        return sum(t.numel() * t.element_size() for t in self.tensors())
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.data, self.scale) if t is not None]
+        return [t for t in (*self._data, *self._scale) if t is not None]
+
+    def capacity(self, layer: int) -> int:
+        """Tokens layer ``layer`` holds per sequence."""
+        return self.caps[layer]
+
+    def _at(self, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        g, li = self._loc[layer]
+        sc = self._scale[g]
+        return self._data[g][li], (None if sc is None else sc[li])
+
+    def _segments(self, layer: int, pos: int, s: int) -> list[tuple[int, int, int]]:
+        """(first source token, end, first slot) of the contiguous runs tokens pos..pos+s-1 go to:
+        one run on a full layer; on a ring buffer only the last ``capacity`` tokens, split where
+        the slots wrap."""
+        if not self.ring[layer]:
+            return [(0, s, pos)]
+        cap = self.caps[layer]
+        start = max(pos, pos + s - cap)
+        out = []
+        while start < pos + s:
+            slot = start % cap
+            end = min(pos + s, start + cap - slot)
+            out.append((start - pos, end - pos, slot))
+            start = end
+        return out
 
     def write(self, layer: int, pos: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v [b, s, kv, hd] -> cache positions pos..pos+s."""
-        s = k.shape[1]
-        for j, x in enumerate((k, v)):
-            dst = self.data[layer, j, :, :, pos:pos + s]
-            xt = x.transpose(1, 2)  # [b, kv, s, hd] view
-            if self.scale is None:
-                dst.copy_(xt)
-                continue
-            self._quantize_into(dst, self.scale[layer, j, :, :, pos:pos + s], xt)
+        """k, v [b, s, kv, hd] -> the cache slots of positions pos..pos+s."""
+        data, scale = self._at(layer)
+        for lo, hi, slot in self._segments(layer, pos, k.shape[1]):
+            for j, x in enumerate((k, v)):
+                dst = data[j, :, :, slot:slot + hi - lo]
+                xt = x[:, lo:hi].transpose(1, 2)  # [b, kv, s, hd] view
+                if scale is None:
+                    dst.copy_(xt)
+                    continue
+                self._quantize_into(dst, scale[j, :, :, slot:slot + hi - lo], xt)
 
     def _quantize_into(self, dst: torch.Tensor, scale_dst: torch.Tensor, x: torch.Tensor) -> None:
         """int8 / int4 cache entries: a symmetric scale per vector (last dim) into ``scale_dst``,
@@ -683,25 +881,27 @@ class KVCache:
     def write_latent(self, layer: int, pos: int, c: torch.Tensor, k_pe: torch.Tensor) -> None:
         """MLA: c [b, s, lora] and k_pe [b, s, rope] -> positions pos..pos+s of one layer."""
         s = c.shape[1]
-        dst = self.data[layer, :, pos:pos + s]
-        if self.scale is None:
+        data, scale = self._at(layer)
+        dst = data[:, pos:pos + s]
+        if scale is None:
             dst[..., :self.lora].copy_(c)
             dst[..., self.lora:].copy_(k_pe)
             return
         # quantized formats: one scale over the whole vector (latent and rope key together)
-        self._quantize_into(dst, self.scale[layer, :, pos:pos + s], torch.cat([c, k_pe], dim=-1))
+        self._quantize_into(dst, scale[:, pos:pos + s], torch.cat([c, k_pe], dim=-1))
 
     def read_latent(self, layer: int, n: int,
                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """MLA: (latent [b, n, lora] as a new contiguous tensor in ``dtype`` (kv_b_proj's input),
         k_rope [b, n, rope]: a view of the cache when it needs no dequantization)."""
-        d = self.data[layer, :, :n]
+        data, scale = self._at(layer)
+        d = data[:, :n]
         L = self.lora
-        if self.scale is None:
+        if scale is None:
             lat = torch.empty(*d.shape[:-1], L, dtype=dtype, device=d.device)
             lat.copy_(d[..., :L])
             return lat, d[..., L:]
-        sc = self.scale[layer, :, :n].unsqueeze(-1).to(dtype)
+        sc = scale[:, :n].unsqueeze(-1).to(dtype)
         if self.fmt == "int8":
             x = d.to(dtype)
         else:
@@ -713,15 +913,16 @@ class KVCache:
         return lat, x[..., L:]
 
     def read(self, layer: int, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V [b, kv, n, hd] in ``dtype``: views when the cache already is that dtype, else
-        dequantized copies (transient)."""
+        """K and V [b, kv, n, hd] of the first n slots in ``dtype``: views when the cache already
+        is that dtype, else dequantized copies (transient)."""
+        data, scale = self._at(layer)
         out = []
         for j in (0, 1):
-            d = self.data[layer, j, :, :, :n]
-            if self.scale is None:
+            d = data[j, :, :, :n]
+            if scale is None:
                 out.append(d if d.dtype == dtype else d.to(dtype))
                 continue
-            sc = self.scale[layer, j, :, :, :n].unsqueeze(-1).to(dtype)
+            sc = scale[j, :, :, :n].unsqueeze(-1).to(dtype)
             if self.fmt == "int8":
                 x = d.to(dtype)
             else:
@@ -790,6 +991,8 @@ def set_tensor(model: Model, name: str, shard: torch.Tensor) -> None:
     expected = tuple(getattr(mod, attr).shape)
     if tuple(shard.shape) != expected:
         raise RuntimeError_(f"{name}: shape {tuple(shard.shape)} does not match {expected}")
+    if model.spec.norm_offset and isinstance(mod, Norm) and attr == "weight":
+        shard = shard.float() + 1.0  # Gemma applies norm weights as (1 + w): stored so, same bytes
     # requires_grad stays True: MemTracker hooks every parameter (grad is disabled globally)
     setattr(mod, attr, nn.Parameter(shard.to(dt).clone()))
 
