@@ -53,12 +53,12 @@ _SIZE_KEYS = {
 _KV = frozenset({"k_proj", "v_proj", "k", "v", "key", "value", "wk", "wv"})
 _COLUMN = frozenset({"q_proj", "q", "query", "wq", "gate_proj", "up_proj", "gate", "up", "fc1",
                      "w1", "w3", "c_fc", "in_proj", "gate_up_proj", "qkv_proj", "query_key_value",
-                     "c_attn", "wqkv", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "q_b_proj",
+                     "c_attn", "wqkv", "qkv", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "q_b_proj",
                      "kv_b_proj"}) | _KV
 _ROW = frozenset({"o_proj", "o", "out_proj", "dense", "down_proj", "down", "fc2", "w2", "c_proj",
                   "dense_4h_to_h", "fc_out", "wo"})
 _REPLICATED = frozenset({"q_a_proj", "kv_a_proj_with_mqa"})  # MLA's low-rank down-projections
-_FUSED_QKV = frozenset({"qkv_proj", "query_key_value", "c_attn", "wqkv"})
+_FUSED_QKV = frozenset({"qkv_proj", "query_key_value", "c_attn", "wqkv", "qkv"})
 _ROUTER_NAMES = frozenset({"gate", "router", "wg", "gate_network"})
 
 _DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -73,6 +73,29 @@ def _first(obj: Any, keys: tuple[str, ...]) -> Any:
         if v is not None:
             return v
     return None
+
+
+def _int(v: Any) -> int | None:
+    """An integer config value; a per-layer list counts as its largest entry (Gemma 3n widths)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, (list, tuple)) and v and len(v) <= 1 << 16:
+        items = [_int(x) for x in v]
+        return max(items) if all(x is not None for x in items) else None
+    return None
+
+
+def _num(obj: Any, keys: tuple[str, ...], default: int = 0) -> int:
+    """The first of ``keys`` that holds an integer (see _int), else ``default``."""
+    for k in keys:
+        v = _int(obj.get(k) if isinstance(obj, dict) else getattr(obj, k, None))
+        if v is not None:
+            return v
+    return default
 
 
 def _check_sizes(cfg: dict, where: str) -> None:
@@ -95,13 +118,13 @@ def _check_sizes(cfg: dict, where: str) -> None:
 
 def _rough_params(tc: Any) -> int:
     """An upper-ish estimate of the parameters a text config implies, before building it."""
-    h = int(_first(tc, ("hidden_size",)) or 0)
-    L = int(_first(tc, ("num_hidden_layers",)) or 0)
-    heads = int(_first(tc, ("num_attention_heads",)) or 1)
-    hd = int(getattr(tc, "head_dim", None) or (h // max(heads, 1)) or 1)
-    ffn = int(_first(tc, _SIZE_KEYS["ffn"][0]) or 4 * h)
-    experts = int(_first(tc, _SIZE_KEYS["experts"][0]) or 1)
-    vocab = int(_first(tc, ("vocab_size",)) or 0)
+    h = _num(tc, ("hidden_size",))
+    L = _num(tc, ("num_hidden_layers",))
+    heads = _num(tc, ("num_attention_heads",), 1) or 1
+    hd = _num(tc, ("head_dim",)) or h // heads or 1
+    ffn = _num(tc, _SIZE_KEYS["ffn"][0]) or 4 * h
+    experts = _num(tc, _SIZE_KEYS["experts"][0]) or 1
+    vocab = _num(tc, ("vocab_size",))
     return L * (4 * h * heads * hd + 3 * h * ffn * (experts + 1)) + 2 * vocab * h
 
 
@@ -142,13 +165,16 @@ def spec_from_transformers(cfg: dict, name: str, where: str) -> ModelSpec:
         except (TypeError, KeyError, AttributeError) as e:
             raise InputError(f"{where}: transformers rejects this {mt} config: "
                              f"{_one_line(e)}") from None
+        if getattr(config, "is_encoder_decoder", False):
+            raise InputError(f"{where}: {mt} is an encoder-decoder model; the planner plans "
+                             "decoder-only models")
         tc = config.get_text_config() if hasattr(config, "get_text_config") else config
         rough = _rough_params(tc)
         if rough > MAX_GENERIC_PARAMS:
             raise InputError(f"{where}: this config implies about {rough:.2g} parameters, "
                              f"implausibly many (more than {MAX_GENERIC_PARAMS:.0e})")
-        experts = int(_first(tc, _SIZE_KEYS["experts"][0]) or 0)
-        L_cfg = int(_first(tc, ("num_hidden_layers",)) or 0)
+        experts = _num(tc, _SIZE_KEYS["experts"][0])
+        L_cfg = _num(tc, ("num_hidden_layers",))
         if experts and experts * L_cfg > MAX_EXPERT_FFNS:
             raise InputError(f"{where}: {L_cfg} layers x {experts} experts is implausibly large "
                              f"(more than {MAX_EXPERT_FFNS} expert FFNs)")
@@ -200,7 +226,7 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
                      where: str) -> ModelSpec:
     nn = torch.nn
     notes: list[str] = []
-    L = int(tc.num_hidden_layers)
+    L = _num(tc, ("num_hidden_layers",))
     blocks = _decoder_layers(model, L)
     if not blocks:
         raise InputError(f"{where}: cannot find the {L} decoder layers of transformers' "
@@ -209,11 +235,11 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
     modules = dict(model.named_modules())
     emb_in = model.get_input_embeddings()
     head = model.get_output_embeddings()
-    experts = int(_first(tc, _SIZE_KEYS["experts"][0]) or 0)
-    hidden = int(getattr(tc, "hidden_size", 0) or emb_in.weight.shape[1])
-    heads = int(getattr(tc, "num_attention_heads", 0) or 0)
-    kv_heads = int(getattr(tc, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(tc, "head_dim", None) or (hidden // heads if heads else 0))
+    experts = _num(tc, _SIZE_KEYS["experts"][0])
+    hidden = _num(tc, ("hidden_size",)) or int(emb_in.weight.shape[1])
+    heads = _num(tc, ("num_attention_heads",))
+    kv_heads = _num(tc, ("num_key_value_heads",)) or heads
+    head_dim = _num(tc, ("head_dim",)) or (hidden // heads if heads else 0)
     vocab = int(emb_in.weight.shape[0])
 
     by_split: dict[str, set[str]] = {"column": set(), "kv": set(), "row": set()}
@@ -304,14 +330,15 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
     d: dict[str, Any] = {"name": name, "family": "generic", "layers": L, "hidden": hidden,
                          "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
                          "vocab": vocab, "tied_embeddings": tied, "tensors": tuple(tensors)}
-    ffn = _first(tc, ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"))
+    ffn = _num(tc, ("intermediate_size", "n_inner", "ffn_dim", "ffn_hidden_size"))
     if not ffn:
         ffn = 4 * hidden
-        notes.append(f"FFN width {ffn} (4 x hidden; the config names none)")
-    d["ffn"] = int(ffn)
+        notes.append(f"FFN width {ffn} (4 x hidden, the config names none)")
+    d["ffn"] = ffn
     leaves = {part.lower() for t in tensors if 0 <= t.layer < L for part in t.name.split(".")}
     d["gated_ffn"] = bool(leaves & {"gate_proj", "gate_up_proj", "w3", "wi_0"})
-    act = str(_first(tc, ("hidden_activation", "hidden_act", "activation_function")) or "")
+    act = _first(tc, ("hidden_activation", "hidden_act", "activation_function"))
+    act = act if isinstance(act, str) else ""
     d["activation"] = _ACTIVATIONS.get(act, "gelu" if act.startswith("gelu") else "silu")
     d["norm"] = ("layernorm" if any(t.role == "norm" and t.name.endswith(".bias") for t in tensors)
                  else "rmsnorm")
@@ -319,33 +346,20 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
                         _leaf(t.name.rpartition(".")[0]) in ({"q_proj", "query"} | _FUSED_QKV)
                         for t in tensors)
     d["lm_head_bias"] = any(t.role == "bias" and t.split == "vocab" for t in tensors)
-    eps = _first(tc, ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"))
-    if isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0:
-        d["norm_eps"] = float(eps)
-    for key, field in (("attn_logit_softcapping", "attn_softcap"),
-                       ("final_logit_softcapping", "final_softcap")):
-        v = getattr(tc, key, None)
-        if isinstance(v, (int, float)) and math.isfinite(v) and v > 0:
-            d[field] = float(v)
+    for keys, fname in ((("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps"),
+                         "norm_eps"),
+                        (("attn_logit_softcapping",), "attn_softcap"),
+                        (("final_logit_softcapping",), "final_softcap")):
+        v = _first(tc, keys)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            d[fname] = float(v)
     if has_expert:
-        k = _first(tc, ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_k",
-                        "top_k"))
-        if not k:
-            k = 1
-            notes.append("1 expert per token (the config names no top-k)")
-        d.update(experts=experts, experts_per_token=int(k),
-                 expert_ffn=int(_first(tc, ("moe_intermediate_size", "expert_intermediate_size"))
-                                or d["ffn"]),
-                 dense_layers=int(_first(tc, ("first_k_dense_replace",)) or 0),
-                 moe_step=int(_first(tc, ("decoder_sparse_step",)) or 1))
-        mlp_only = _first(tc, ("mlp_only_layers",))
-        if isinstance(mlp_only, (list, tuple)) and mlp_only:
-            d["mlp_only_layers"] = tuple(int(i) for i in mlp_only)
-    mc = _first(tc, ("max_position_embeddings", "n_positions", "seq_length"))
+        notes += _moe_fields(tc, tensors, L, experts, d)
+    mc = _num(tc, ("max_position_embeddings", "n_positions", "seq_length"))
     if not mc:
         mc = 2048
         notes.append("max context 2048 (the config names none)")
-    d["max_context"] = int(mc)
+    d["max_context"] = mc
     rope = getattr(tc, "rope_parameters", None)
     theta = (rope.get("rope_theta") if isinstance(rope, dict) else None) or getattr(
         tc, "rope_theta", None)
@@ -357,10 +371,16 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
     if dt not in _DTYPES:
         notes.append("published dtype fp16 (the config names none)")
     notes += _kv_fields(tc, L, d, where)
-    if getattr(tc, "kv_lora_rank", None):  # MLA: one latent per token per layer is cached
-        d.update(kv_lora_rank=int(tc.kv_lora_rank), q_lora_rank=int(tc.q_lora_rank or 0),
-                 qk_nope_dim=int(tc.qk_nope_head_dim), qk_rope_dim=int(tc.qk_rope_head_dim),
-                 v_head_dim=int(tc.v_head_dim), head_dim=int(tc.v_head_dim))
+    if _num(tc, ("kv_lora_rank",)):  # MLA: one latent per token per layer is cached
+        d.update(kv_lora_rank=_num(tc, ("kv_lora_rank",)), q_lora_rank=_num(tc, ("q_lora_rank",)),
+                 qk_nope_dim=_num(tc, ("qk_nope_head_dim",)),
+                 qk_rope_dim=_num(tc, ("qk_rope_head_dim",)),
+                 v_head_dim=_num(tc, ("v_head_dim",)), head_dim=_num(tc, ("v_head_dim",)))
+    elif not any(t.split == "kv" or _leaf(t.name.rpartition(".")[0]) in _FUSED_QKV
+                 for t in tensors if t.layer == 0):
+        raise InputError(f"{where}: found no key/value projection in the first of transformers' "
+                         f"{type(model).__name__} blocks; the planner sizes the KV cache of "
+                         "attention layers only")
 
     ours = ", ".join(f"{s} {'/'.join(sorted(v))}" for s, v in by_split.items() if v)
     inferred = [f"weights: {len(tensors)} tensors of transformers' {type(model).__name__} on the "
@@ -421,17 +441,45 @@ def _fused_expert(leafp: str, shape: tuple[int, ...], hidden: int, notes: list[s
     return ("row" if row else "column"), (E * out_in[0], out_in[1])
 
 
+def _moe_fields(tc, tensors: list[Tensor], L: int, experts: int, d: dict) -> list[str]:
+    """experts, top-k, widths and which layers are MoE: the config's pattern when it matches the
+    blocks transformers built, else the blocks themselves (every other layer in mlp_only_layers)."""
+    notes: list[str] = []
+    k = _num(tc, ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_k", "top_k"))
+    if not 0 < k <= experts:
+        k = 1
+        notes.append("1 expert per token (the config names no top-k)")
+    d.update(experts=experts, experts_per_token=k,
+             expert_ffn=_num(tc, ("moe_intermediate_size", "expert_intermediate_size"), d["ffn"]),
+             shared_experts=_num(tc, ("n_shared_experts", "num_shared_experts",
+                                      "moe_num_shared_experts")),
+             shared_expert_ffn=_num(tc, ("shared_expert_intermediate_size",)))
+    moe = sorted({t.layer for t in tensors if t.role == "expert" and 0 <= t.layer < L})
+    dense = _num(tc, ("first_k_dense_replace",))
+    step = _num(tc, ("decoder_sparse_step", "interleave_moe_layer_step", "moe_layer_interval"), 1)
+    only = getattr(tc, "mlp_only_layers", None)
+    only = tuple(i for i in only if isinstance(i, int) and 0 <= i < L) if isinstance(
+        only, (list, tuple)) else ()
+    step = max(step, 1)
+    if [i for i in range(L) if i >= dense and (i + 1) % step == 0 and i not in only] == moe:
+        d.update(dense_layers=dense, moe_step=step, mlp_only_layers=only)
+    else:
+        d["mlp_only_layers"] = tuple(i for i in range(L) if i not in moe)
+        notes.append(f"MoE layers read from the blocks: {len(moe)} of {L}")
+    return notes
+
+
 def _kv_fields(tc, L: int, d: dict, where: str) -> list[str]:
     """layer_types, sliding_window and attention_chunk from the config; notes on what was
     assumed."""
     notes: list[str] = []
-    sw = getattr(tc, "sliding_window", None)
-    chunk = getattr(tc, "attention_chunk_size", None)
+    sw = _num(tc, ("sliding_window",))
+    chunk = _num(tc, ("attention_chunk_size",))
     types = getattr(tc, "layer_types", None)
     if isinstance(types, (list, tuple)) and types:
         kinds = []
         for t in types:
-            k = _KINDS.get(t)
+            k = _KINDS.get(t) if isinstance(t, str) else None
             if k is None:
                 raise InputError(f"{where}: layer type {t!r} keeps a state the planner cannot "
                                  "size from the config (it plans attention layers only)")
@@ -442,10 +490,10 @@ def _kv_fields(tc, L: int, d: dict, where: str) -> list[str]:
         if len(set(kinds)) > 1 or kinds[0] != "full":
             d["layer_types"] = tuple(kinds)
         if "sliding" in kinds:
-            d["sliding_window"] = int(sw or 0)
+            d["sliding_window"] = sw
         if "chunked" in kinds:
-            d["attention_chunk"] = int(chunk or 0)
-    elif isinstance(sw, int) and sw > 0 and getattr(tc, "use_sliding_window", True) is not False:
+            d["attention_chunk"] = chunk
+    elif sw > 0 and getattr(tc, "use_sliding_window", True) is not False:
         d["sliding_window"] = sw
         notes.append(f"every layer slides over {sw} tokens (sliding_window without layer_types)")
     return notes
