@@ -4,80 +4,87 @@ inventory, and whether the model spec derived from it reproduces the checkpoint'
 from __future__ import annotations
 
 import os
-import re
 
+from planner import names
 from planner.errors import InputError
 from planner.spec import ModelSpec, inventory
 
-# Checkpoint entries that are buffers, not parameters (Llama-2's rotary inv_freq, GPT-2's masks).
-_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
-
-# GGUF tensor names (llama.cpp's llama architecture) -> canonical inventory names.
-_GGUF_LAYER = {
-    "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight", "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.weight": "self_attn.k_proj.weight", "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.weight": "self_attn.v_proj.weight", "attn_v.bias": "self_attn.v_proj.bias",
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
-}
-_GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight":
-             "model.norm.weight", "output.weight": "lm_head.weight"}
-_GGUF_BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
-
-
-def canonical_name(name: str, fmt: str) -> str | None:
-    """The inventory name of a checkpoint tensor, where the naming is known (GGUF llama, HF llama)."""
-    if fmt == "gguf":
-        if name in _GGUF_TOP:
-            return _GGUF_TOP[name]
-        m = _GGUF_BLK.match(name)
-        if m and m.group(2) in _GGUF_LAYER:
-            return f"model.layers.{m.group(1)}.{_GGUF_LAYER[m.group(2)]}"
-        return None
-    return name
-
-
 def compare_inventory(spec: ModelSpec, ckpt) -> dict:
-    """Compare the spec's inventory with a checkpoint's tensors: params always; names and shapes
-    where the checkpoint uses Llama-style names (fused layouts of other families differ by name)."""
+    """Compare the spec's inventory with a checkpoint's tensors, name by name through
+    planner/names.py: every checkpoint tensor must map onto inventory tensors (a fused or stacked
+    one onto several, its elements summing exactly to theirs), every inventory tensor must be
+    covered exactly once, with its shape. Buffers, multi-token-prediction layers and
+    quantization scales are excluded and counted."""
+    fmt = ckpt.format
     inv = inventory(spec)
+    by_name = {t.name: t for t in inv}
     inv_params = sum(t.numel for t in inv)
-    buffers = [t for t in ckpt.tensors if _BUFFERS.search(t.name)]
-    ck_params = ckpt.params - sum(t.numel for t in buffers)
-    result = {"params": inv_params, "tensors": len(inv), "checkpoint_params": ck_params,
-              "buffers_excluded": len(buffers)}
-    llama_like = spec.family in ("llama", "mistral", "qwen2") and not spec.moe
+    covered: dict[str, int] = {}
+    excluded = {"buffer": 0, "mtp": 0, "scales": 0}
     mismatches: list[str] = []
-    if llama_like:
-        by_name = {t.name: t.shape for t in inv}
-        seen = set()
-        for t in ckpt.tensors:
-            if _BUFFERS.search(t.name):
+    ck_params = 0
+    for t in ckpt.tensors:
+        why = names.ignored(spec, t.name, fmt)
+        if why:
+            excluded[why] += 1
+            continue
+        ps = names.pieces(spec, t.name, fmt)
+        values = [p for p in ps if not p.scales]
+        if ps and not values:
+            excluded["scales"] += 1
+            continue
+        if not ps:
+            ck_params += t.numel
+            mismatches.append(f"{t.name}: not a {spec.family} tensor name this planner knows")
+            continue
+        shape = tuple(t.shape)
+        try:
+            used = sum(names.consumed(shape, p) for p in values)
+            supplied = [(p, names.ops_shape(shape, p.ops)) for p in values]
+        except ValueError as e:
+            ck_params += t.numel
+            mismatches.append(f"{t.name} {list(shape)}: {e}")
+            continue
+        if used != t.numel:
+            mismatches.append(f"{t.name}: holds {t.numel:,} elements but its inventory parts "
+                              f"take {used:,}")
+        for p, out in supplied:
+            n = 1
+            for d in out:
+                n *= d
+            ck_params += n
+            inv_t = by_name.get(p.target)
+            if inv_t is None:
+                mismatches.append(f"{t.name} holds {p.target}, which is not in the inventory")
                 continue
-            cname = canonical_name(t.name, ckpt.format)
-            if cname not in by_name:
-                mismatches.append(f"{t.name} is not in the inventory")
-                continue
-            seen.add(cname)
-            if tuple(by_name[cname]) != tuple(t.shape):
-                mismatches.append(f"{t.name}: checkpoint {list(t.shape)} vs inventory "
-                                  f"{list(by_name[cname])}")
-        for name in by_name:
-            if name not in seen:
-                mismatches.append(f"{name} is missing from the checkpoint")
+            if not p.into and tuple(out) != tuple(inv_t.shape):
+                mismatches.append(f"{t.name}: checkpoint {list(out)} vs inventory "
+                                  f"{list(inv_t.shape)} ({p.target})" if p.target != t.name
+                                  else f"{t.name}: checkpoint {list(out)} vs inventory "
+                                  f"{list(inv_t.shape)}")
+            covered[p.target] = covered.get(p.target, 0) + n
+    for t in inv:
+        got = covered.get(t.name, 0)
+        if got == 0:
+            mismatches.append(f"{t.name} is missing from the checkpoint")
+        elif got != t.numel:
+            mismatches.append(f"{t.name}: the checkpoint covers {got:,} of its {t.numel:,} "
+                              "elements")
     if ck_params != inv_params:
         mismatches.insert(0, f"parameters: checkpoint {ck_params:,} vs inventory {inv_params:,}")
-    result["matches"] = not mismatches
-    result["mismatches"] = mismatches[:20]
+    result = {"params": inv_params, "tensors": len(inv), "checkpoint_params": ck_params,
+              "buffers_excluded": excluded["buffer"], "mtp_excluded": excluded["mtp"],
+              "scales_excluded": excluded["scales"], "matches": not mismatches,
+              "mismatches": mismatches[:20]}
     if mismatches:
         result["note"] = "; ".join(mismatches[:3]) + (" …" if len(mismatches) > 3 else "")
     else:
-        how = "every tensor name and shape" if llama_like else "parameter count"
-        extra = f" ({len(buffers)} buffer(s) excluded)" if buffers else ""
-        result["note"] = f"{how} equal, {inv_params:,} parameters{extra}"
+        extra = ", ".join(f"{n} {what} tensor(s)" for what, n in
+                          (("buffer", excluded["buffer"]), ("multi-token-prediction",
+                                                            excluded["mtp"]),
+                           ("scale", excluded["scales"])) if n)
+        result["note"] = (f"every tensor name and shape equal, {inv_params:,} parameters"
+                          + (f" ({extra} excluded)" if extra else ""))
     return result
 
 
@@ -131,18 +138,27 @@ def _config_report(path: str, spec: ModelSpec) -> dict:
 
 
 def stored_bytes(src) -> dict[str, int]:
-    """Inventory name -> exact stored bytes, for ``--weights stored`` on a checkpoint whose tensor
-    names map onto the inventory (GGUF and HF Llama-style checkpoints)."""
+    """Inventory name -> exact stored bytes, for ``--weights stored`` on a checkpoint whose tensors
+    map onto the inventory (planner/names.py): a fused or stacked tensor's bytes are shared out
+    by elements (rows and experts of one tensor have one width), its scales go with it."""
     ckpt = src.checkpoint
     if ckpt is None:
         raise InputError("--weights stored needs a checkpoint (safetensors or GGUF) as --model")
     cmp = compare_inventory(src.spec, ckpt)
-    if not cmp["matches"] or src.spec.family not in ("llama", "mistral", "qwen2") or src.spec.moe:
-        raise InputError(f"{src.path}: --weights stored needs a checkpoint whose tensors map one "
-                         f"to one onto the model's inventory ({cmp['note']}); give a format instead")
-    out = {}
+    if not cmp["matches"]:
+        raise InputError(f"{src.path}: --weights stored needs a checkpoint whose tensors map "
+                         f"onto the model's inventory ({cmp['note']}); give a format instead")
+    out: dict[str, int] = {}
     for t in ckpt.tensors:
-        name = canonical_name(t.name, ckpt.format)
-        if name is not None and not _BUFFERS.search(t.name):
-            out[name] = t.nbytes
+        if names.ignored(src.spec, t.name, ckpt.format):
+            continue
+        ps = names.pieces(src.spec, t.name, ckpt.format)
+        shape = tuple(t.shape)
+        share = [(p, names.consumed(shape, p)) for p in ps]
+        total = sum(n for _, n in share)
+        for p, n in share:
+            if (t.nbytes * n) % total:
+                raise InputError(f"{src.path}: tensor {t.name}'s {t.nbytes} bytes do not divide "
+                                 f"evenly among the inventory tensors it holds; give a format")
+            out[p.target] = out.get(p.target, 0) + t.nbytes * n // total
     return out

@@ -12,10 +12,13 @@ import json
 import os
 import re
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from planner import names
+from planner.names import Piece
 from planner.spec import ModelSpec, inventory
 from runtime.model import Model, RuntimeError_, set_tensor, shard_of
 
@@ -43,190 +46,106 @@ def materialize_random(model: Model, seed: int = 0) -> None:
 # -- checkpoints -------------------------------------------------------------------------------
 
 class Source:
-    """A checkpoint: names and shapes (as the inventory names them) and a tensor reader."""
+    """A checkpoint: names and shapes (as the inventory names them) and a tensor reader. Which
+    checkpoint tensors hold which inventory tensors is planner/names.py's (``resolved``)."""
 
     def __init__(self, path: str):
         self.path = path
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.resolved: dict[str, list[tuple[str, Piece]]] = {}
         self._readers: dict[str, object] = {}
 
-    def get(self, name: str) -> torch.Tensor:  # fp32, inventory layout (out, in)
+    def _resolve(self, spec: ModelSpec, ck_shapes: dict[str, tuple[int, ...]], fmt: str) -> None:
+        want = {t.name for t in inventory(spec)}
+        for cname, shape in ck_shapes.items():
+            for piece in names.pieces(spec, cname, fmt):
+                if piece.target in want and not piece.scales:
+                    self.resolved.setdefault(piece.target, []).append((cname, piece))
+        for target, parts in self.resolved.items():
+            try:
+                self.shapes[target] = _target_shape([(pc, ck_shapes[c]) for c, pc in parts])
+            except ValueError as e:
+                raise RuntimeError_(f"{self.path}: tensor {parts[0][0]} cannot hold {target} "
+                                    f"({e})") from None
+
+    def _read(self, cname: str, index: int | None = None) -> torch.Tensor:
+        """Checkpoint tensor ``cname`` (only its element ``index`` of dim 0 when given: one
+        expert of a stacked tensor, without reading the others), fp32, its own layout."""
         raise NotImplementedError
 
+    def _value(self, cname: str, piece: Piece) -> torch.Tensor:
+        ops = piece.ops
+        if ops and ops[0][0] == "index" and ops[0][1] == 0:
+            return apply_piece(self._read(cname, ops[0][2]), replace(piece, ops=ops[1:]))
+        return apply_piece(self._read(cname), piece)
 
-def _hf_names(spec: ModelSpec, name: str) -> list[tuple[str, object]]:
-    """Checkpoint tensor names (and a transform: None, ('T',), ('part', i, n)) that hold inventory
-    tensor ``name`` in the family's HF layout. First entry that exists wins."""
-    cands: list[tuple[str, object]] = [(name, None)]
-    m = re.match(r"^model\.layers\.(\d+)\.(.+)$", name)
-    fam = spec.family
-    if fam == "mixtral" and m:
-        rest = m.group(2)
-        rest = rest.replace("mlp.gate.", "block_sparse_moe.gate.")
-        rest = re.sub(r"^mlp\.experts\.(\d+)\.gate_proj", r"block_sparse_moe.experts.\1.w1", rest)
-        rest = re.sub(r"^mlp\.experts\.(\d+)\.up_proj", r"block_sparse_moe.experts.\1.w3", rest)
-        rest = re.sub(r"^mlp\.experts\.(\d+)\.down_proj", r"block_sparse_moe.experts.\1.w2", rest)
-        cands.append((f"model.layers.{m.group(1)}.{rest}", None))
-    if fam == "phi3" and m:
-        i, rest = m.group(1), m.group(2)
-        q, kv = spec.heads * spec.head_dim, spec.kv_heads * spec.head_dim
-        for j, part in enumerate(("q_proj", "k_proj", "v_proj")):
-            if rest == f"self_attn.{part}.weight":
-                lo = [0, q, q + kv][j]
-                cands.append((f"model.layers.{i}.self_attn.qkv_proj.weight",
-                              ("rows", lo, lo + (q if j == 0 else kv))))
-        for j, part in enumerate(("gate_proj", "up_proj")):
-            if rest == f"mlp.{part}.weight":
-                cands.append((f"model.layers.{i}.mlp.gate_up_proj.weight",
-                              ("rows", j * spec.ffn, (j + 1) * spec.ffn)))
-    if fam == "opt":
-        n = name.replace("model.", "model.decoder.", 1)
-        if m:
-            rest = m.group(2).replace("input_layernorm", "self_attn_layer_norm")
-            rest = rest.replace("post_attention_layernorm", "final_layer_norm")
-            rest = rest.replace("self_attn.o_proj", "self_attn.out_proj")
-            rest = rest.replace("mlp.up_proj", "fc1").replace("mlp.down_proj", "fc2")
-            n = f"model.decoder.layers.{m.group(1)}.{rest}"
-        elif name.startswith("model.norm."):
-            n = name.replace("model.norm.", "model.decoder.final_layer_norm.")
-        cands.append((n, None))
-    if fam == "gpt2":
-        h = spec.hidden
-        top = {"model.embed_tokens.weight": "wte.weight", "model.embed_positions.weight": "wpe.weight",
-               "model.norm.weight": "ln_f.weight", "model.norm.bias": "ln_f.bias"}
-        if name in top:
-            n = top[name]
-            cands += [(n, None), ("transformer." + n, None)]
-        elif m:
-            i, rest = m.group(1), m.group(2)
-            simple = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2"}
-            tr: object = None
-            n = None
-            for k, v in simple.items():
-                if rest.startswith(k):
-                    n = rest.replace(k, v)
-            pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
-            if pm:
-                j = "qkv".index(pm.group(1))
-                n = f"attn.c_attn.{pm.group(2)}"
-                tr = ("cols_T", j * h, (j + 1) * h) if pm.group(2) == "weight" else \
-                     ("rows", j * h, (j + 1) * h)
-            conv = {"self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc",
-                    "mlp.down_proj": "mlp.c_proj"}
-            for k, v in conv.items():
-                if rest.startswith(k + "."):
-                    kind = rest[len(k) + 1:]
-                    n = f"{v}.{kind}"
-                    tr = ("T",) if kind == "weight" else None
-            if n:
-                cands += [(f"h.{i}.{n}", tr), (f"transformer.h.{i}.{n}", tr)]
-    if fam in ("falcon", "bloom"):
-        cands += _falcon_bloom_names(spec, name, m)
-    if fam == "glm":
-        cands += _glm_names(spec, name, m)
-    if fam == "deepseek_v3" and m:
-        # HF DeepSeek-V3 names are the inventory's; the rotary rows are stored interleaved (pairs,
-        # the reference code's complex multiply; transformers' rope_interleave): read them as
-        # rotate-half [evens | odds], which is what HF computes before its rotary embedding
-        rest, r = m.group(2), spec.qk_rope_dim
-        if rest in ("self_attn.q_b_proj.weight", "self_attn.q_proj.weight"):
-            cands = [(name, ("rope_rows", spec.heads, spec.q_head_dim, spec.qk_nope_dim, r))]
-        elif rest == "self_attn.kv_a_proj_with_mqa.weight":
-            cands = [(name, ("rope_rows", 1, spec.kv_lora_rank + r, spec.kv_lora_rank, r))]
-    return cands
+    def get(self, name: str) -> torch.Tensor:
+        """Inventory tensor ``name``: fp32, inventory layout (out, in)."""
+        parts = self.resolved[name]
+        if len(parts) == 1 and not parts[0][1].into:
+            return self._value(*parts[0]).float().contiguous()
+        return _assemble(self.shapes[name], [(pc, self._value(c, pc)) for c, pc in parts])
 
 
-def _falcon_bloom_names(spec: ModelSpec, name: str, m) -> list[tuple[str, object]]:
-    """HF Falcon (RWForCausalLM / FalconForCausalLM) and BLOOM names, with or without the
-    ``transformer.`` prefix. Both fuse q/k/v into ``query_key_value`` as [kv groups, (heads/kv q
-    heads, k, v), head_dim]: Falcon's new decoder architecture literally, Falcon-7B's multi-query
-    layout (q heads, k, v) as the case kv = 1, BLOOM's per-head (q, k, v) as the case kv = heads."""
-    top = {"model.embed_tokens.weight": "word_embeddings.weight",
-           "model.embed_layernorm.weight": "word_embeddings_layernorm.weight",
-           "model.embed_layernorm.bias": "word_embeddings_layernorm.bias",
-           "model.norm.weight": "ln_f.weight", "model.norm.bias": "ln_f.bias"}
-    out: list[tuple[str, object]] = []
-    if name in top:
-        return [(top[name], None), ("transformer." + top[name], None)]
-    if not m:
-        return out
-    i, rest = m.group(1), m.group(2)
-    ns: list[tuple[str, object]] = []
-    pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-    if pm:
-        tr = ("fused_qkv", spec.kv_heads, spec.heads // spec.kv_heads, spec.head_dim,
-              "qkv".index(pm.group(1)))
-        ns.append((f"self_attention.query_key_value.{pm.group(2)}", tr))
-    for ours, theirs in (("self_attn.o_proj.", "self_attention.dense."),
-                         ("mlp.up_proj.", "mlp.dense_h_to_4h."),
-                         ("mlp.down_proj.", "mlp.dense_4h_to_h.")):
-        if rest.startswith(ours):
-            ns.append((theirs + rest[len(ours):], None))
-    if spec.family == "falcon" and spec.parallel_attn and spec.parallel_norms == 2:
-        for ours, theirs in (("input_layernorm.", "ln_attn."),
-                             ("post_attention_layernorm.", "ln_mlp.")):
-            if rest.startswith(ours):
-                ns.append((theirs + rest[len(ours):], None))
-    if rest.startswith(("input_layernorm.", "post_attention_layernorm.")):
-        ns.append((rest, None))
-    for n, tr in ns:
-        out += [(f"h.{i}.{n}", tr), (f"transformer.h.{i}.{n}", tr)]
-    return out
-
-
-def _glm_names(spec: ModelSpec, name: str, m) -> list[tuple[str, object]]:
-    """GLM-130B (SwissArmyTransformer) names, for a single-partition checkpoint converted to
-    safetensors: query_key_value holds q, k, v as contiguous thirds; dense_h_to_4h holds the GeGLU
-    halves [x1; x2] with out = x1 * gelu(x2), so x2 is the gate and x1 the up projection. Not
-    checked against a real GLM-130B checkpoint (it ships as model-parallel .pt shards)."""
-    top = {"model.embed_tokens.weight": "transformer.word_embeddings.weight",
-           "model.norm.weight": "transformer.final_layernorm.weight",
-           "model.norm.bias": "transformer.final_layernorm.bias"}
-    if name in top:
-        return [(top[name], None)]
-    if not m:
-        return []
-    i, rest = m.group(1), m.group(2)
-    p = f"transformer.layers.{i}."
-    q, w = spec.heads * spec.head_dim, spec.ffn
-    pm = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-    if pm:
-        j = "qkv".index(pm.group(1))
-        return [(p + f"attention.query_key_value.{pm.group(2)}", ("rows", j * q, (j + 1) * q))]
-    pm = re.match(r"mlp\.(gate|up)_proj\.(weight|bias)$", rest)
-    if pm:
-        lo = w if pm.group(1) == "gate" else 0
-        return [(p + f"mlp.dense_h_to_4h.{pm.group(2)}", ("rows", lo, lo + w))]
-    for ours, theirs in (("self_attn.o_proj.", "attention.dense."),
-                         ("mlp.down_proj.", "mlp.dense_4h_to_h.")):
-        if rest.startswith(ours):
-            return [(p + theirs + rest[len(ours):], None)]
-    if rest.startswith(("input_layernorm.", "post_attention_layernorm.")):
-        return [(p + rest, None)]
-    return []
-
-
-def _apply(x: torch.Tensor, tr) -> torch.Tensor:
-    if tr is None:
-        return x
-    if tr[0] == "T":
-        return x.t()
-    if tr[0] == "rows":
-        return x[tr[1]:tr[2]]
-    if tr[0] == "cols_T":
-        return x[:, tr[1]:tr[2]].t()
-    if tr[0] == "fused_qkv":  # rows [kv, g + 2, hd]: g query heads, then k, then v, per KV group
-        _, kv, g, hd, j = tr
+def _op(x: torch.Tensor, op) -> torch.Tensor:
+    kind = op[0]
+    if kind == "index":
+        return x.select(op[1], op[2])
+    if kind == "slice":
+        idx = [slice(None)] * x.dim()
+        idx[op[1]] = slice(op[2], op[3], op[4])
+        return x[tuple(idx)]
+    if kind == "T":
+        return x.transpose(-1, -2)
+    if kind == "fused_qkv":  # rows [kv, g + 2, hd]: g query heads, then k, then v, per KV group
+        _, kv, g, hd, j = op
         y = x.reshape(kv, g + 2, hd, *x.shape[1:])
         part = y[:, :g] if j == 0 else y[:, g + j - 1:g + j]
         return part.reshape(-1, *x.shape[1:])
-    if tr[0] == "rope_rows":  # rows [blocks, block]; in each block rows off..off+r interleaved
-        _, blocks, block, off, r = tr
+    if kind == "rope_rows":  # rows [blocks, block]; in each block rows off..off+r interleaved
+        _, blocks, block, off, r = op
         y = x.reshape(blocks, block, *x.shape[1:])
         rot = y[:, off:off + r].reshape(blocks, r // 2, 2, *x.shape[1:]).transpose(1, 2)
         return torch.cat([y[:, :off], rot.reshape(blocks, r, *x.shape[1:]), y[:, off + r:]],
                          dim=1).reshape(x.shape)
-    raise ValueError(tr)
+    if kind == "unpermute":  # llama.cpp's interleaved q/k rows back to HF's rotate-half layout
+        heads = op[1]
+        rows = x.shape[0]
+        return x.reshape(heads, rows // heads // 2, 2, *x.shape[1:]).transpose(1, 2).reshape(
+            x.shape)
+    if kind == "mxfp4":
+        raise RuntimeError_("MXFP4 expert weights (gpt-oss's published checkpoint) cannot be "
+                            "loaded yet; use a bf16 checkpoint")
+    raise ValueError(op)
+
+
+def apply_piece(x: torch.Tensor, piece: Piece) -> torch.Tensor:
+    """The inventory tensor, or the part of it that ``piece.into`` names, that checkpoint tensor
+    ``x`` holds (planner/names.py says which, as data)."""
+    for op in piece.ops:
+        x = _op(x, op)
+    return x + piece.offset if piece.offset else x
+
+
+def _assemble(shape: tuple[int, ...], parts: list[tuple[Piece, torch.Tensor]]) -> torch.Tensor:
+    """An inventory tensor from the parts several checkpoint tensors hold (Piece.into)."""
+    out = torch.empty(shape)
+    for piece, y in parts:
+        _, heads, lo, hi = piece.into
+        out.view(heads, -1, *shape[1:])[:, lo:hi] = y
+    return out
+
+
+def _target_shape(parts: list[tuple[Piece, tuple[int, ...]]]) -> tuple[int, ...]:
+    """The shape of an inventory tensor given its pieces and their checkpoint shapes."""
+    if len(parts) == 1 and not parts[0][0].into:
+        return names.ops_shape(parts[0][1], parts[0][0].ops)
+    rows, rest = 0, ()
+    for piece, shape in parts:
+        part = names.ops_shape(shape, piece.ops)  # (heads, hi - lo, ...)
+        rows += part[0] * part[1]
+        rest = part[2:]
+    return (rows, *rest)
 
 
 FP8_BLOCK = 128
@@ -274,66 +193,49 @@ class SafetensorsSource(Source):
                 raise RuntimeError_(f"{fpath}: shard file is missing") from None
             except Exception as e:  # safetensors raises SafetensorError for corrupt headers
                 raise RuntimeError_(f"{fpath}: not a readable safetensors file ({e})") from None
-        self.resolved: dict[str, tuple[str, object]] = {}
-        for t in inventory(spec):
-            for cname, tr in _hf_names(spec, t.name):
-                if cname in ck_shapes:
-                    self.resolved[t.name] = (cname, tr)
-                    shape = ck_shapes[cname]
-                    if tr is not None:
-                        shape = tuple(_apply(torch.empty(shape, device="meta"), tr).shape)
-                    self.shapes[t.name] = shape
-                    break
+        self._resolve(spec, ck_shapes, "safetensors")
 
-    def get(self, name: str) -> torch.Tensor:
-        cname, tr = self.resolved[name]
+    def _read(self, cname: str, index: int | None = None) -> torch.Tensor:
         try:
-            x = self._readers[self.where[cname]].get_tensor(cname)
+            h = self._readers[self.where[cname]]
+            if index is not None:
+                return h.get_slice(cname)[index].float()
+            x = h.get_tensor(cname)
             if x.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and x.dim() == 2 \
                     and cname + "_scale_inv" in self.where:
                 sname = cname + "_scale_inv"
                 x = _dequant_fp8(x, self._readers[self.where[sname]].get_tensor(sname))
         except Exception as e:
             raise RuntimeError_(f"{self.where[cname]}: cannot read tensor {cname} ({e})") from None
-        return _apply(x, tr).float().contiguous()
-
-
-def _unpermute(w: np.ndarray, heads: int) -> np.ndarray:
-    """Undo llama.cpp's Q/K row permutation (interleaved RoPE) back to HF's rotate-half layout."""
-    rows, cols = w.shape
-    return w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+        return x.float()
 
 
 class GGUFSource(Source):
     def __init__(self, path: str, spec: ModelSpec):
         super().__init__(path)
-        from planner.inspect import canonical_name
         try:
             import gguf
             self.reader = gguf.GGUFReader(path)
         except Exception as e:
             raise RuntimeError_(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
         self.spec = spec
-        self.tensors = {}
-        for t in self.reader.tensors:
-            cname = canonical_name(t.name, "gguf")
-            if cname is None:
-                continue
-            self.tensors[cname] = t
-            self.shapes[cname] = tuple(int(d) for d in reversed(t.shape.tolist()))
+        self.tensors = {t.name: t for t in self.reader.tensors}
+        self._resolve(spec, {n: tuple(int(d) for d in reversed(t.shape.tolist()))
+                             for n, t in self.tensors.items()}, "gguf")
 
-    def get(self, name: str) -> torch.Tensor:
+    def _read(self, cname: str, index: int | None = None) -> torch.Tensor:
         from gguf.quants import dequantize
-        t = self.tensors[name]
+        t = self.tensors[cname]
+        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+        data = t.data
+        if index is not None:  # one expert of a stacked tensor: its rows of the memory map
+            data = data.reshape(shape[0], -1, *data.shape[-1:]) if data.ndim > 1 else data
+            data, shape = data[index], shape[1:]
         try:
-            arr = dequantize(t.data, t.tensor_type)
+            arr = dequantize(data, t.tensor_type)
         except Exception as e:
             raise RuntimeError_(f"{self.path}: cannot dequantize tensor {t.name} ({e})") from None
-        arr = np.asarray(arr, dtype=np.float32).reshape(self.shapes[name])
-        if name.endswith("self_attn.q_proj.weight"):
-            arr = _unpermute(arr, self.spec.heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            arr = _unpermute(arr, self.spec.kv_heads)
+        arr = np.asarray(arr, dtype=np.float32).reshape(shape)
         arr = np.ascontiguousarray(arr)
         if not arr.flags.writeable:  # an F32 tensor is a view of the read-only memory map
             arr = arr.copy()
