@@ -244,22 +244,16 @@ def _short(s: str, n: int = 80) -> str:
 
 
 def _stat_file(path: str) -> int:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise _fail(path, "no such file or directory") from None
-    except OSError as e:
-        raise _fail(path, f"cannot stat: {e.strerror or e}") from None
-    if not os.path.isfile(path):
-        raise _fail(path, "not a regular file")
-    return st.st_size
+    """The size of a readable regular file; a FIFO, device, folder or loop fails in one line."""
+    from planner.paths import check_input
+
+    return check_input(path, "file", "checkpoint file").st_size
 
 
 def _open(path: str):
-    try:
-        return open(path, "rb")
-    except OSError as e:
-        raise _fail(path, f"cannot open: {e.strerror or e}") from None
+    from planner.paths import open_regular
+
+    return open_regular(path, "checkpoint file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,6 +478,9 @@ def _has_gguf_magic(path: str) -> bool:
 def read_checkpoint(path: str) -> Checkpoint:
     """Read a checkpoint's headers: a GGUF file, a safetensors file, an index, or a folder."""
     path = os.fspath(path)
+    from planner.paths import check_input
+
+    check_input(path, "any", "checkpoint")
     if os.path.isdir(path):
         index = os.path.join(path, _ST_INDEX)
         if os.path.isfile(index):

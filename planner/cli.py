@@ -126,7 +126,7 @@ def _emit(args: argparse.Namespace, doc: dict, text: Callable[[], str]) -> None:
 
 def cmd_estimate(args: argparse.Namespace) -> int:
     from planner.memory import estimate
-    from planner.sources import resolve
+    from planner.paths import resolve_model as resolve
 
     src = resolve(args.model)
     weights, stored = args.weights, None
@@ -184,7 +184,10 @@ def render_estimate(est) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from planner.inspect import inspect_path
+    from planner.paths import check_model_arg, exists
 
+    if exists(args.path):
+        check_model_arg(args.path)  # a FIFO, device, loop or unreadable folder: one line
     report = inspect_path(args.path)
     _emit(args, report, lambda: render_inspect(report))
     return 0
@@ -274,8 +277,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             raise InputError("--quality-from ranks one model's formats by its measured quality: "
                              "give --model")
         return _recommend_all(args, weights, kv)
-    from planner.sources import resolve
+    from planner.paths import check_output, resolve_model as resolve
 
+    if args.output:
+        check_output(args.output, args.force)  # before the search: a FIFO or link fails at once
     src = resolve(args.model)
     measured = None
     if args.quality_from:
@@ -431,7 +436,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from planner.memory import Workload
     from planner.precision import kv_format, weight_format
     from planner.search import evaluate, finish
-    from planner.sources import resolve
+    from planner.paths import resolve_model as resolve
 
     if (args.context is None) == (args.batch is None):
         raise InputError("give exactly one of --context N (for the largest batch) or --batch N "
@@ -481,7 +486,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from planner.memory import Workload, estimate
     from planner.precision import kv_format, weight_format
-    from planner.sources import resolve
+    from planner.paths import resolve_model as resolve
 
     src = resolve(args.model)
     batches = [parse_tokens(b, "--batch") for b in args.batch.split(",")]
@@ -735,9 +740,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
-    except KeyboardInterrupt:
-        sys.stderr.write("planner: interrupted\n")
-        return 130
+    except OSError as e:  # a path that changed under a check: still one line, never a traceback
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        sys.stderr.write(f"planner: error: {where}{e.strerror or e}\n")
+        return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP during launch/quality (Stopped)
+        signum = int(getattr(e, "signum", 2))
+        sys.stderr.write("planner: interrupted\n" if signum == 2 else f"planner: stopped by {e}\n")
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from planner.plan import load_plan
 
     plan = load_plan(args.plan)
+    _check_paths(args, plan)  # in the parent, before any rank could block on a FIFO
     quality = bool(getattr(args, "eval", False) or getattr(args, "prompt", None) is not None)
     ranks = 1 if quality else plan.tp * plan.pp  # the eval runs TP 1 in one process
     if args.nodes != 1:
@@ -146,6 +147,25 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return run_group(cmd, args.timeout or None)
 
 
+def _check_paths(args: argparse.Namespace, plan) -> None:
+    """Stat every path a rank will open (planner.paths): a FIFO, device, loop or unreadable
+    folder fails here in one line instead of blocking every rank."""
+    from planner.paths import check_input, check_model_arg, check_output
+
+    ckpt = args.checkpoint
+    if ckpt is None and not args.random_weights and plan.source.get("kind") in (
+            "safetensors", "safetensors-sharded", "gguf"):
+        ckpt = plan.source.get("path")
+    if ckpt:
+        check_input(ckpt, "any", "checkpoint")
+        check_model_arg(ckpt)
+    for flag, what in (("eval_text", "text file"), ("tokenizer", "tokenizer file")):
+        if getattr(args, flag, None):
+            check_input(getattr(args, flag), "file", what)
+    if args.report:
+        check_output(args.report, force=True)  # overwritten if a regular file, else refused
+
+
 def multinode_commands(plan_path: str, ranks: int, nodes: int, master_addr: str,
                        master_port: int, extra: list[str] = ()) -> list[list[str]]:
     """The torchrun command for each node of a multi-node launch (node rank i on the i-th host)."""
@@ -173,30 +193,54 @@ def _print_multinode(args: argparse.Namespace, ranks: int) -> int:
     return 0
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached the planner while its children ran; the CLI exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def run_group(cmd: list[str], timeout: float | None) -> int:
     """Run ``cmd`` in its own process group; kill the whole group if it fails, times out or we are
-    interrupted. Returns the exit code (124 on timeout)."""
+    interrupted (Ctrl-C, SIGTERM, SIGHUP: the group is killed at once, so no rank is left and none
+    prints a traceback, then KeyboardInterrupt / :class:`Stopped` goes up to the CLI's one line).
+    Returns the exit code (124 on timeout)."""
     env = dict(os.environ)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1" if "torch.distributed.run" in cmd else env.get(
         "OMP_NUM_THREADS", str(os.cpu_count() or 1)))
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
-    deadline = time.monotonic() + timeout if timeout else None
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    previous = {}
     try:
-        while True:
-            try:
-                rc = proc.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if deadline and time.monotonic() > deadline:
-                    print(f"planner: error: launch timed out after {timeout:g} s; stopping every rank",
-                          file=sys.stderr)
-                    _kill_group(proc)
-                    return 124
-    except BaseException:
-        _kill_group(proc)
-        raise
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, stop)
+    except ValueError:  # not the main thread: no handlers, the caller owns signals
+        pass
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            while True:
+                try:
+                    rc = proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline and time.monotonic() > deadline:
+                        print(f"planner: error: launch timed out after {timeout:g} s; stopping "
+                              "every rank", file=sys.stderr)
+                        _kill_group(proc)
+                        return 124
+        except BaseException:
+            _kill_group(proc, at_once=True)
+            raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     _kill_group(proc)  # a rank that failed may leave siblings behind; the group goes with it
     if rc < 0:
         print(f"planner: error: the runtime was killed by signal {-rc}", file=sys.stderr)
@@ -204,12 +248,18 @@ def run_group(cmd: list[str], timeout: float | None) -> int:
     return rc
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen, at_once: bool = False) -> None:
+    """SIGTERM the child's process group, SIGKILL what is left after 5 s (``at_once``: SIGKILL
+    straight away, for an interrupt: torchrun answers SIGTERM with a 30-line traceback)."""
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGKILL if at_once else signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
     for _ in range(50):
+        try:
+            proc.wait(timeout=0)  # reap the leader, or killpg(…, 0) sees a zombie forever
+        except subprocess.TimeoutExpired:
+            pass
         try:
             os.killpg(proc.pid, 0)
         except ProcessLookupError:
@@ -218,4 +268,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
         pass

@@ -27,7 +27,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -214,48 +213,18 @@ def candidate_document(candidate, source: ModelSource, gpuset) -> dict:
 def write_plan(path: str, doc: dict, force: bool = False) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over ``path``.
 
-    Refuses to replace an existing file unless ``force``; never leaves the temp file behind.
+    Refuses to replace an existing file unless ``force``, and anything but a regular file even with
+    it (a FIFO, a device node, a symlink: planner.paths); never leaves the temp file behind.
     """
+    from planner.paths import atomic_write
+
     if not isinstance(doc, dict):
         raise InputError(f"{path}: a plan document must be a mapping")
-    text = dump_plan(doc)
-    folder = os.path.dirname(os.path.abspath(path))
-    name = os.path.basename(path)
-    if not os.path.isdir(folder):
-        raise InputError(f"{path}: cannot write; folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise InputError(f"{path}: is a folder; give a file name for the plan")
-    if os.path.lexists(path) and not force:
-        raise InputError(f"{path} exists; pass --force to overwrite")
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:  # link(2) fails if the name appeared meanwhile: no silent clobbering
-                os.link(tmp, path)
-            except FileExistsError:
-                raise InputError(f"{path} exists; pass --force to overwrite") from None
-            except OSError:  # a filesystem without hard links
-                if os.path.lexists(path):
-                    raise InputError(f"{path} exists; pass --force to overwrite") from None
-                os.replace(tmp, path)
-    except OSError as e:
-        raise InputError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        text = dump_plan(doc)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path}: the plan holds a value YAML cannot write ({e})") from None
+    atomic_write(path, text, force)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -329,17 +298,9 @@ def _line(mark) -> str:
 
 
 def _parse(path: str) -> Any:
-    try:
-        size = os.path.getsize(path)
-        if size > MAX_PLAN_BYTES:
-            raise InputError(f"{path}: {size} bytes is too large for a plan file (limit "
-                             f"{MAX_PLAN_BYTES} bytes)")
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_PLAN_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    if len(raw) > MAX_PLAN_BYTES:
-        raise InputError(f"{path}: more than {MAX_PLAN_BYTES} bytes is too large for a plan file")
+    from planner.paths import read_bytes
+
+    raw = read_bytes(path, MAX_PLAN_BYTES, "plan file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -77,7 +77,7 @@ def add_parser(subparsers) -> None:
 def cmd_quality(args: argparse.Namespace) -> int:
     from planner.launch import require_runtime, run_group
     from planner.precision import weight_format
-    from planner.sources import resolve
+    from planner.paths import resolve_model as resolve
 
     require_runtime("planner quality", ("tokenizers",))
 
@@ -87,8 +87,14 @@ def cmd_quality(args: argparse.Namespace) -> int:
     for k in keys:
         weight_format(k)  # unknown keys: InputError with a suggestion
     resolve(args.checkpoint)  # a missing or unreadable checkpoint fails here, without torch
-    if args.eval_text is not None and not os.path.isfile(args.eval_text):
-        raise InputError(f"{args.eval_text}: no such eval text file")
+    from planner.paths import check_input, check_output
+
+    if args.eval_text is not None:
+        check_input(args.eval_text, "file", "text file")  # a FIFO would block the runtime
+    if args.tokenizer is not None:
+        check_input(args.tokenizer, "file", "tokenizer file")
+    if args.output:
+        check_output(args.output, force=True)  # a regular file or a new name; never a FIFO
     fd, tmp = tempfile.mkstemp(prefix="planner-quality-", suffix=".json")
     os.close(fd)
     try:
@@ -110,8 +116,9 @@ def cmd_quality(args: argparse.Namespace) -> int:
     finally:
         os.unlink(tmp)
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(doc, f, indent=1)
+        from planner.paths import atomic_write
+
+        atomic_write(args.output, json.dumps(doc, indent=1), force=True)
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -169,16 +176,14 @@ def _num(v, where: str, field: str, minimum: float | None = None) -> float:
 
 def load_report(path: str) -> dict:
     """Read and check a quality report; every error names the file and the field."""
+    from planner.paths import exists, read_bytes
+
+    if not exists(path):
+        raise InputError(f"{path}: no such quality report")
+    raw = read_bytes(path, MAX_REPORT_BYTES, "quality report")
     try:
-        if os.path.getsize(path) > MAX_REPORT_BYTES:
-            raise InputError(f"{path}: larger than {MAX_REPORT_BYTES:,} bytes; not a quality report")
-        with open(path, "rb") as f:
-            doc = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such quality report") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, ValueError) as e:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise InputError(f"{path}: not a JSON quality report ({e})") from None
     if not isinstance(doc, dict):
         raise InputError(f"{path}: a quality report is a JSON object, got {type(doc).__name__}")

@@ -64,12 +64,42 @@ def main(argv=None) -> int:
     from runtime.measure import env_rank
     rank, world, local = env_rank()
     try:
+        _check_paths(args)
         if args.eval or args.prompt is not None:
             return _quality(args)
         return _run(args, rank, world, local)
     except Fail as e:
         print(f"runtime (rank {rank}): {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:
+        print(f"runtime (rank {rank}): interrupted", file=sys.stderr)
+        return 130
+
+
+def _check_paths(args) -> None:
+    """Stat every path given before opening one (planner.paths): a FIFO or device never blocks."""
+    from planner.errors import PlannerError
+    from planner.paths import check_input, check_output
+    try:
+        if args.checkpoint:
+            check_input(args.checkpoint, "any", "checkpoint")
+        for path, what in ((args.eval_text, "text file"), (args.tokenizer, "tokenizer file")):
+            if path:
+                check_input(path, "file", what)
+        if args.report:
+            check_output(args.report, force=True)
+    except PlannerError as e:
+        raise Fail(str(e), 2) from None
+
+
+def _write_report(path: str, doc: dict) -> None:
+    """The JSON report, atomically; only ever over a regular file (planner.paths)."""
+    from planner.errors import PlannerError
+    from planner.paths import atomic_write
+    try:
+        atomic_write(path, json.dumps(doc, indent=1), force=True)
+    except PlannerError as e:
+        raise Fail(str(e), 2) from None
 
 
 def _quality(args) -> int:
@@ -125,8 +155,7 @@ def _generate_only(args, plan, ckpt, device_name) -> int:
            "tokens_generated": len(gen["ids"]), "load_seconds": round(load_s, 2),
            "generate_seconds": round(gen_s, 2)}
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(doc, f, indent=1)
+        _write_report(args.report, doc)
     if args.json:
         print(json.dumps(doc))
     else:
@@ -344,8 +373,7 @@ def _report(args, plan, rank, world, result, group) -> int:
 def _emit_report(args, doc: dict, render_text) -> None:
     """Write the JSON report to --report, and print it (--json) or its table."""
     if args.report:
-        with open(args.report, "w") as f:
-            json.dump(doc, f, indent=1)
+        _write_report(args.report, doc)
     print(json.dumps(doc) if args.json else render_text(doc))
 
 

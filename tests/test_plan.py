@@ -285,7 +285,7 @@ def test_deep_nesting_refused(tmp_path):
 
 def test_missing_file(tmp_path):
     path = str(tmp_path / "absent.yaml")
-    _fails(path, "cannot read")
+    _fails(path, "no such file")
 
 
 def test_non_finite_capacity(plan_path):

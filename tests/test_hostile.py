@@ -1,0 +1,195 @@
+"""Hostile inputs through the CLI (issue 14): odd paths, signals, edited plans, oversized requests.
+
+Every case runs ``python -m planner`` in a subprocess under a timeout, so a hang fails the test
+instead of stalling the suite, and asserts the exit code, one ``planner: error:`` line on stderr,
+no traceback, and that nothing but the intended file changed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from planner_testutil import REPO
+
+TIMEOUT = 60
+
+
+def cli(*args: str, cwd: str | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "planner", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:
+    err = proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stdout[-500:], err[-2000:])
+    assert "Traceback" not in err, err
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("planner: "), err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory) -> dict:
+    """A folder of odd paths: a FIFO, a socket, a symlink loop, a dangling link, a link to a FIFO,
+    an unreadable file and folder, and a good plan file."""
+    d = tmp_path_factory.mktemp("odd")
+    paths = {"dir": str(d)}
+    os.mkfifo(d / "fifo")
+    paths["fifo"] = str(d / "fifo")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(d / "sock"))
+    paths["sock"] = str(d / "sock")
+    os.symlink("loop_b", d / "loop_a")
+    os.symlink("loop_a", d / "loop_b")
+    paths["loop"] = str(d / "loop_a")
+    os.symlink("absent", d / "dangling")
+    paths["dangling"] = str(d / "dangling")
+    os.symlink("fifo", d / "to_fifo")
+    paths["to_fifo"] = str(d / "to_fifo")
+    (d / "locked").mkdir()
+    (d / "locked" / "config.json").write_text("{}")
+    os.chmod(d / "locked", 0)
+    paths["locked"] = str(d / "locked")
+    (d / "secret.yaml").write_text("x: 1\n")
+    os.chmod(d / "secret.yaml", 0)
+    paths["secret"] = str(d / "secret.yaml")
+    (d / "fifo_cfg").mkdir()
+    os.mkfifo(d / "fifo_cfg" / "config.json")
+    paths["fifo_cfg"] = str(d / "fifo_cfg")
+    plan = str(d / "plan.yaml")
+    proc = cli("recommend", "--model", "smollm2-135m", "--gpus", "cpu:1", "--context", "256",
+               "-o", plan)
+    assert proc.returncode == 0, proc.stderr
+    paths["plan"] = plan
+    yield paths
+    os.chmod(d / "locked", 0o755)
+    os.chmod(d / "secret.yaml", 0o644)
+    s.close()
+
+
+ROOT = os.geteuid() == 0
+needs_non_root = pytest.mark.skipif(ROOT, reason="root reads any file: permission cases need a user")
+
+# -- 1. paths: stat first, one line, never a hang ------------------------------------------------
+
+KINDS = [("fifo", "is a FIFO"), ("sock", "is a socket"), ("loop", "symlink loop"),
+         ("dangling", "dangling symlink"), ("to_fifo", "is a FIFO"), ("dir", "is a folder")]
+
+
+@pytest.mark.parametrize("key,says", KINDS)
+@pytest.mark.parametrize("command", [
+    ["export", "{p}", "--engine", "vllm"],
+    ["launch", "{p}"],
+    ["launch", "{p}", "--dry-run"],
+])
+def test_plan_path_is_odd(odd, key, says, command):
+    proc = cli(*[a.format(p=odd[key]) for a in command])
+    one_line_error(proc, 2, odd[key], says)
+
+
+def test_device_node_as_plan(odd):
+    one_line_error(cli("export", "/dev/zero", "--engine", "vllm"), 2, "is a character device")
+    one_line_error(cli("launch", "/dev/null", "--dry-run"), 2, "is a character device")
+
+
+@pytest.mark.parametrize("key,says", [k for k in KINDS if k[0] != "dir"])
+@pytest.mark.parametrize("command", [["inspect", "{p}"], ["estimate", "--model", "{p}"],
+                                     ["recommend", "--model", "{p}", "--gpus", "1x4090"]])
+def test_model_path_is_odd(odd, key, says, command):
+    line = one_line_error(cli(*[a.format(p=odd[key]) for a in command]), 2, says)
+    assert "did you mean" not in line
+
+
+def test_folder_whose_config_is_a_fifo(odd):
+    one_line_error(cli("estimate", "--model", odd["fifo_cfg"]), 2, "config.json", "is a FIFO")
+    one_line_error(cli("inspect", odd["fifo_cfg"]), 2, "config.json", "is a FIFO")
+
+
+@pytest.mark.parametrize("flag", ["--checkpoint", "--eval-text", "--tokenizer"])
+@pytest.mark.parametrize("key", ["fifo", "sock", "loop"])
+def test_launch_input_flags_checked_in_the_parent(odd, flag, key):
+    # the parent refuses before torchrun or a rank could open (and block on) the path
+    args = ["launch", odd["plan"], flag, odd[key]] + (["--eval"] if flag != "--checkpoint" else [])
+    one_line_error(cli(*args), 2, odd[key])
+    one_line_error(cli(*args, "--dry-run"), 2, odd[key])
+
+
+@pytest.mark.parametrize("key", ["fifo", "loop", "dir"])
+def test_launch_report_must_be_a_regular_file(odd, key):
+    one_line_error(cli("launch", odd["plan"], "--report", odd[key], "--dry-run"), 2, odd[key])
+
+
+def test_quality_from_odd(odd):
+    one_line_error(cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090",
+                       "--quality-from", odd["fifo"]), 2, "is a FIFO")
+
+
+@needs_non_root
+def test_unreadable_folder_and_file(odd):
+    one_line_error(cli("inspect", odd["locked"]), 2, "permission denied")
+    one_line_error(cli("estimate", "--model", odd["locked"]), 2, "permission denied")
+    one_line_error(cli("export", odd["secret"], "--engine", "vllm"), 2, "permission denied")
+
+
+def test_paths_helper_classifies(odd):
+    from planner.errors import InputError
+    from planner.paths import check_input, read_bytes
+
+    for key, says in KINDS:
+        with pytest.raises(InputError, match=says):
+            read_bytes(odd[key], 1 << 20)
+    with pytest.raises(InputError, match="no such file"):
+        check_input(os.path.join(odd["dir"], "absent"))
+    with pytest.raises(InputError, match="not a folder"):
+        check_input(os.path.join(odd["plan"], "inner"))
+    assert check_input(odd["dir"], "folder")
+
+
+# -- 2. -o PATH --force replaces only a regular file --------------------------------------------
+
+@pytest.mark.parametrize("key", ["fifo", "sock", "loop", "dangling", "to_fifo"])
+def test_force_never_replaces_a_non_regular_file(odd, key):
+    before = os.lstat(odd[key])
+    proc = cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090", "-o", odd[key],
+               "--force")
+    one_line_error(proc, 2, odd[key], "refusing to replace")
+    after = os.lstat(odd[key])
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode)
+    assert after.st_ino == before.st_ino
+    assert not [n for n in os.listdir(odd["dir"]) if n.endswith(".tmp")]
+
+
+def test_force_never_replaces_a_device(tmp_path):
+    # a symlink to a device is refused as a symlink, and the device itself as a device
+    os.symlink("/dev/null", tmp_path / "null")
+    one_line_error(cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090", "-o",
+                       str(tmp_path / "null"), "--force"), 2, "is a symlink")
+    one_line_error(cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090", "-o",
+                       "/dev/null", "--force"), 2, "is a character device")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_force_replaces_a_regular_file_atomically(tmp_path):
+    out = tmp_path / "plan.yaml"
+    out.write_text("old\n")
+    ino = os.stat(out).st_ino
+    proc = cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090", "-o", str(out))
+    one_line_error(proc, 2, "exists", "--force")
+    assert out.read_text() == "old\n"
+    proc = cli("recommend", "--model", "smollm2-135m", "--gpus", "1x4090", "-o", str(out),
+               "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_text().startswith("schema: planner.plan/v1")
+    assert os.stat(out).st_ino != ino  # renamed over, not rewritten in place
+    assert sorted(os.listdir(tmp_path)) == ["plan.yaml"]
