@@ -180,6 +180,7 @@ def spec_from_transformers(cfg: dict, name: str, where: str) -> ModelSpec:
         if experts and experts * L_cfg > MAX_EXPERT_FFNS:
             raise InputError(f"{where}: {L_cfg} layers x {experts} experts is implausibly large "
                              f"(more than {MAX_EXPERT_FFNS} expert FFNs)")
+        published = _published_dtype(config, tc)  # before the build sets it to bf16
         try:
             with torch.device("meta"):
                 # built in bf16 so that a tensor kept in fp32 (a router's score bias) stands out
@@ -193,7 +194,19 @@ def spec_from_transformers(cfg: dict, name: str, where: str) -> ModelSpec:
                              f"{type(e).__name__}: {_one_line(e)}") from None
     finally:
         log.set_verbosity(verbosity)
-    return _spec_from_model(model, config, tc, torch, transformers.__version__, mt, name, where)
+    return _spec_from_model(model, tc, published, torch, transformers.__version__, mt, name,
+                            where)
+
+
+def _published_dtype(config, tc) -> str:
+    """fp16, bf16 or fp32 as the config names it, else ''."""
+    for c in (tc, config):
+        dt = getattr(c, "dtype", None) or getattr(c, "torch_dtype", None)
+        if dt is not None:
+            key = _DTYPES.get(str(dt).replace("torch.", ""))
+            if key:
+                return key
+    return ""
 
 
 def _known_types(transformers) -> set[str]:
@@ -223,7 +236,7 @@ def _leaf(mname: str) -> str:
     return mname.rsplit(".", 1)[-1].lower()
 
 
-def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
+def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, name: str,
                      where: str) -> ModelSpec:
     nn = torch.nn
     notes: list[str] = []
@@ -366,10 +379,8 @@ def _spec_from_model(model, config, tc, torch, version: str, mt: str, name: str,
         tc, "rope_theta", None)
     if isinstance(theta, (int, float)) and math.isfinite(theta) and theta > 0:
         d["rope_theta"] = float(theta)
-    dt = getattr(tc, "dtype", None) or getattr(config, "dtype", None)
-    dt = str(dt).replace("torch.", "") if dt is not None else ""
-    d["dtype"] = _DTYPES.get(dt, "fp16")
-    if dt not in _DTYPES:
+    d["dtype"] = published or "fp16"
+    if not published:
         notes.append("published dtype fp16 (the config names none)")
     notes += _kv_fields(tc, L, d, where)
     if _num(tc, ("kv_lora_rank",)):  # MLA: one latent per token per layer is cached

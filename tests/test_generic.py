@@ -81,6 +81,14 @@ def test_unknown_architecture_is_planned_generic(hf, cfg):
     assert est.ranks[0].kv_cache == 2 * held * 2 * spec.kv_heads * spec.head_dim * 2
 
 
+def test_published_dtype_is_the_configs(hf):
+    small = {"model_type": "olmo2", "num_hidden_layers": 2}
+    assert generic.spec_from_transformers({**small, "torch_dtype": "bfloat16"}, "x", "c").dtype == "bf16"
+    spec = generic.spec_from_transformers(small, "x", "c")
+    assert spec.dtype == "fp16" and "published dtype fp16 (the config names none)" in \
+        generic.inferred(spec)
+
+
 def test_cohere2_layer_kinds_come_from_the_config(hf):
     spec = generic.spec_from_transformers({"model_type": "cohere2"}, "c2", "config.json")
     assert spec.layer_types.count("sliding") == 30 and spec.layer_types.count("full") == 10
