@@ -193,3 +193,77 @@ def test_force_replaces_a_regular_file_atomically(tmp_path):
     assert out.read_text().startswith("schema: planner.plan/v1")
     assert os.stat(out).st_ino != ino  # renamed over, not rewritten in place
     assert sorted(os.listdir(tmp_path)) == ["plan.yaml"]
+
+
+# -- 3. processes: a signal to the planner stops its whole process group -----------------------
+
+_CHILD = """
+import os, subprocess, sys, time
+kid = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+with open(sys.argv[1] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {kid.pid}")
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+_DRIVER = """
+import sys
+import planner.launch as L
+child, pids = sys.argv[1], sys.argv[2]
+L.build_command = lambda plan, ranks, extra: [sys.executable, "-c", child, pids]
+L.require_runtime = lambda *a, **k: None  # a fake rank (a python sleep) stands in for torchrun
+from planner.cli import main
+sys.exit(main(["launch", sys.argv[3]]))
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig,code,says", [(signal.SIGTERM, 143, "planner: stopped by SIGTERM"),
+                                           (signal.SIGHUP, 129, "planner: stopped by SIGHUP"),
+                                           (signal.SIGINT, 130, "planner: interrupted")])
+def test_signal_to_launch_leaves_no_process(odd, tmp_path, sig, code, says):
+    pids_file = str(tmp_path / "pids")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, _CHILD, pids_file, odd["plan"]],
+                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(pids_file):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the fake rank never started"
+            time.sleep(0.05)
+        pids = [int(x) for x in open(pids_file).read().split()]
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=30)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == code, err
+    assert err.strip() == says, err
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)], "a process of the group outlived the planner"
+
+
+def test_run_group_timeout_kills_the_group(tmp_path):
+    from planner.launch import run_group
+
+    pids_file = str(tmp_path / "pids")
+    t0 = time.monotonic()
+    assert run_group([sys.executable, "-c", _CHILD, pids_file], timeout=2) == 124
+    assert time.monotonic() - t0 < 30
+    pids = [int(x) for x in open(pids_file).read().split()]
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
