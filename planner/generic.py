@@ -53,8 +53,8 @@ _SIZE_KEYS = {
 _KV = frozenset({"k_proj", "v_proj", "k", "v", "key", "value", "wk", "wv"})
 _COLUMN = frozenset({"q_proj", "q", "query", "wq", "gate_proj", "up_proj", "gate", "up", "fc1",
                      "w1", "w3", "c_fc", "in_proj", "gate_up_proj", "qkv_proj", "query_key_value",
-                     "c_attn", "wqkv", "qkv", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1", "q_b_proj",
-                     "kv_b_proj"}) | _KV
+                     "c_attn", "wqkv", "qkv", "dense_h_to_4h", "fc_in", "wi", "wi_0", "wi_1",
+                     "q_b_proj", "kv_b_proj"}) | _KV
 _ROW = frozenset({"o_proj", "o", "out_proj", "dense", "down_proj", "down", "fc2", "w2", "c_proj",
                   "dense_4h_to_h", "fc_out", "wo"})
 _REPLICATED = frozenset({"q_a_proj", "kv_a_proj_with_mqa"})  # MLA's low-rank down-projections
@@ -317,7 +317,7 @@ def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, na
             role, split = "sinks", "column"
         elif in_experts and len(shape) == 3:
             # a fused expert tensor (E, out, in): counted as E stacked (out, in) matrices
-            role, split, shape = "expert", *_fused_expert(leafp, shape, hidden, notes, pname)
+            role, split, shape = "expert", *_fused_expert(leafp, shape, hidden, notes)
             by_split[split].add(leafp)
         elif in_experts and len(shape) == 2 and leafp.endswith("bias"):
             # fused expert biases (E, out)
@@ -436,13 +436,13 @@ def _linear_split(leaf: str, in_block: bool, mname: str, by_split: dict[str, set
     return "replicated"
 
 
-def _fused_expert(leafp: str, shape: tuple[int, ...], hidden: int, notes: list[str],
-                  pname: str) -> tuple[str, tuple[int, ...]]:
+def _fused_expert(leafp: str, shape: tuple[int, ...], hidden: int,
+                  notes: list[str]) -> tuple[str, tuple[int, ...]]:
     """Split and (E * out, in) shape of a fused (E, a, b) expert tensor: its name says whether it
     is column- or row-parallel; its orientation is read from which dimension is the hidden size."""
     E, a, b = shape
     key = leafp.lower()
-    row = key in _ROW or key.startswith("down") or key in ("w2",)
+    row = key in _ROW or key.startswith("down")
     if row:  # (E, hidden, in) or transposed (E, in, hidden)
         out_in = (a, b) if a == hidden else (b, a)
     else:    # (E, out, hidden) or transposed (E, hidden, out)

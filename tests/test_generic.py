@@ -83,7 +83,8 @@ def test_unknown_architecture_is_planned_generic(hf, cfg):
 
 def test_published_dtype_is_the_configs(hf):
     small = {"model_type": "olmo2", "num_hidden_layers": 2}
-    assert generic.spec_from_transformers({**small, "torch_dtype": "bfloat16"}, "x", "c").dtype == "bf16"
+    bf16 = generic.spec_from_transformers({**small, "torch_dtype": "bfloat16"}, "x", "c")
+    assert bf16.dtype == "bf16"
     spec = generic.spec_from_transformers(small, "x", "c")
     assert spec.dtype == "fp16" and "published dtype fp16 (the config names none)" in \
         generic.inferred(spec)
@@ -104,7 +105,8 @@ def test_fused_experts_and_moe_fields(hf):
     # transformers' fused (E, 2I, H) and (E, H, I) tensors, as E stacked (out, in) matrices
     assert {(t.name.rsplit(".", 1)[1], t.shape, t.split) for t in experts} == {
         ("gate_up_proj", (64 * 2048, 2048), "column"), ("down_proj", (64 * 2048, 1024), "row")}
-    assert [t.role for t in spec.tensors if t.name == "model.layers.0.mlp.gate.weight"] == ["router"]
+    router = [t.role for t in spec.tensors if t.name == "model.layers.0.mlp.gate.weight"]
+    assert router == ["router"]
     assert any("fused 3-D expert" in x for x in generic.inferred(spec))
 
 
