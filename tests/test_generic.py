@@ -110,6 +110,26 @@ def test_fused_experts_and_moe_fields(hf):
     assert any("fused 3-D expert" in x for x in generic.inferred(spec))
 
 
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "ernie4_5_moe", "num_hidden_layers": 5, "moe_num_experts": 8, "moe_k": 2},
+    {"model_type": "olmo2", "num_hidden_layers": 3},
+], ids=lambda c: c["model_type"])
+def test_memory_fast_path_equals_the_whole_inventory(hf, cfg):
+    """planner/memory.py counts one block per layer class and multiplies; generic checks that the
+    blocks of a class are alike (ERNIE 4.5's first block is dense, the rest MoE, read from the
+    blocks), so the folded sum equals the sum over every tensor."""
+    from planner.engines import engine as get_engine
+    from planner.memory import _shard_shape, tensor_bytes
+    from planner.precision import weight_format
+
+    spec = generic.spec_from_transformers(cfg, "x", "c")
+    eng, fmt = get_engine("vllm"), weight_format("int8")
+    for tp in (1, 2):
+        whole = sum(tensor_bytes(t, _shard_shape(t, spec, tp, eng), fmt, 2, False)
+                    for t in spec.tensors)
+        assert estimate(spec, fmt, "fp16", tp, 1, Workload(1, 16, 0), eng).ranks[0].weights == whole
+
+
 # The oracle for the inferred roles and splits: on architectures the planner does know, the
 # generic inventory must give the hand-written one's bytes exactly, at every TP and format.
 KNOWN = [
