@@ -259,6 +259,7 @@ def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, na
     by_split: dict[str, set[str]] = {"column": set(), "kv": set(), "row": set()}
     unknown: set[str] = set()
     fused: set[str] = set()
+    odd_kv: set[str] = set()
     tensors: list[Tensor] = []
     seen_block = False
     param_ids = {id(p) for p in model.parameters()}
@@ -306,6 +307,7 @@ def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, na
             wsplit = _linear_split(leaf, m is not None, mname, by_split, unknown)
             if wsplit == "kv" and shape[0] != kv_heads * head_dim:  # not one head per rank
                 wsplit = "column"
+                odd_kv.add(leaf)
             if leaf in _FUSED_QKV:
                 fused.add(leaf)
             role = "expert" if in_experts else "linear"
@@ -401,6 +403,9 @@ def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, na
     if fused:
         inferred.append(f"fused {'/'.join(sorted(fused))} split by columns as one (exact when TP "
                         "divides the KV heads)")
+    if odd_kv:
+        inferred.append(f"{'/'.join(sorted(odd_kv))} wider than {kv_heads} KV heads x head_dim "
+                        f"{head_dim}: split by columns")
     if unknown:
         inferred.append(f"replicated on every rank (name not recognised): "
                         f"{', '.join(sorted(unknown)[:8])}{' …' if len(unknown) > 8 else ''}")
