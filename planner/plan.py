@@ -606,9 +606,45 @@ def validate(doc: Any, where: str = "plan", verify: bool = True) -> Plan:
             raise c.fail("hash", "the document holds values that cannot be hashed") from None
         if doc["hash"] != actual:
             raise c.fail("hash", "the plan was edited after it was written (prediction or inputs "
-                                 "changed); re-plan it, or load with verification off")
+                                 "changed); re-plan it (planner recommend ... -o PLAN)")
+    _check_prediction(c, doc, spec, fmt, kvf, tp, pp, wl, eng, device, qlm)
 
     return Plan(doc=doc, spec=spec, weights=fmt.key, kv_cache=kvf.key, tp=tp, pp=pp, workload=wl,
                 engine=eng.name, device=device, quantize_lm_head=qlm, ranks=ranks,
                 source={"kind": src["kind"], "path": src["path"]},
                 gpus={"set": ld["gpu_set"], "gpus": [dict(g) for g in ld["gpus"]]})
+
+
+def _check_prediction(c: _Check, doc: dict, spec, fmt, kvf, tp: int, pp: int, wl: Workload, eng,
+                      device: str, qlm: bool) -> None:
+    """Recompute the prediction from the plan's own spec, workload, precision, engine and layout
+    and refuse a plan whose stored figures differ, whatever its hash says: the runtime sizes its
+    allocations (and its free-memory check) by these numbers. The first differing field is named."""
+    import dataclasses
+
+    from planner.memory import estimate
+
+    ed = doc["engine"]
+    if "block_size" in ed and ed["block_size"] != eng.kv_block_tokens and eng.kv_block_tokens:
+        eng = dataclasses.replace(eng, kv_block_tokens=ed["block_size"])
+    try:
+        est = estimate(spec, fmt, kvf, tp, pp, wl, eng, device, qlm)
+    except PlannerError as e:
+        raise c.fail("prediction", f"cannot be recomputed from the plan's inputs ({e})") from None
+    prd = doc["prediction"]
+    expected = [("prediction.params", prd["params"], est.params),
+                ("prediction.kv_cache_bytes_per_token", prd["kv_cache_bytes_per_token"],
+                 est.kv_bytes_per_token)]
+    for r, stored in zip(est.ranks, prd["ranks"]):
+        b = r.bytes()
+        expected += [(f"prediction.ranks[{r.rank}].bytes.{k}", stored["bytes"][k], b[k])
+                     for k in LINE_ITEMS]
+        want_detail = {k: dict(v) for k, v in r.detail.items()}
+        expected.append((f"prediction.ranks[{r.rank}].detail", stored["detail"], want_detail))
+    for field, have, want in expected:
+        if have != want:
+            shown = (f"{have:,} stored, {want:,} recomputed" if isinstance(have, int)
+                     and isinstance(want, int) else "differs from the recomputed one")
+            raise c.fail(field, f"{shown} from the plan's model, workload, precision, engine and "
+                                "layout: the prediction was edited or comes from another planner "
+                                "version; re-plan it (planner recommend ... -o PLAN)")

@@ -241,7 +241,19 @@ def _check_free(plan, rank: int, device, force: bool) -> dict:
         need = plan.ranks[rank]["bytes"]["total"]
         free = nvml_free_bytes(device.index) or 0
         where = f"free memory on GPU {device.index} (NVML)"
+        if not free:  # no NVML: the CUDA driver's own figure
+            try:
+                import torch
+                free = int(torch.cuda.mem_get_info(device)[0])
+                where = f"free memory on GPU {device.index} (cudaMemGetInfo)"
+            except Exception:  # noqa: BLE001 - any failure means: cannot check
+                free = 0
     info = {"predicted_bytes": need, "free_bytes": free}
+    if not free and not force:  # an unknown figure never passes the check silently
+        asked = "/proc/meminfo" if device.type == "cpu" else "neither NVML nor cudaMemGetInfo"
+        raise Fail(f"cannot check the {where.split(' (')[0]} ({asked} answered) before "
+                   f"allocating {fmt_bytes(need)}; refusing to start (use --force to run "
+                   "unchecked)", 1)
     if free and need > free and not force:
         raise Fail(f"the plan needs {fmt_bytes(need)} ({need:,} bytes) but the {where} is "
                    f"{fmt_bytes(free)} ({free:,} bytes); refusing to start (use --force to try "

@@ -267,3 +267,64 @@ def test_run_group_timeout_kills_the_group(tmp_path):
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if _alive(p)]
+
+
+# -- 4. plan integrity -----------------------------------------------------------------------
+
+def _rehashed(src: str, dst: str, edit) -> str:
+    import yaml
+
+    from planner.plan import dump_plan, plan_hash
+
+    with open(src, encoding="utf-8") as fh:
+        d = yaml.safe_load(fh)
+    edit(d)
+    d["hash"] = plan_hash(d)
+    with open(dst, "w", encoding="utf-8") as fh:
+        fh.write(dump_plan(d))
+    return dst
+
+
+@pytest.mark.parametrize("command", [["launch", "{p}"], ["launch", "{p}", "--dry-run"],
+                                     ["export", "{p}", "--engine", "vllm"]])
+def test_edited_and_rehashed_plan_refused(odd, tmp_path, command):
+    def edit(d):  # a stale prediction: the workload grew 64x, the figures did not
+        d["workload"]["batch"] *= 64
+    path = _rehashed(odd["plan"], str(tmp_path / "edited.yaml"), edit)
+    line = one_line_error(cli(*[a.format(p=path) for a in command]), 2,
+                          "prediction.ranks[0].bytes.kv_cache", "recomputed")
+    assert "--no-verify" not in line
+
+
+def test_hash_error_offers_no_missing_flag(odd, tmp_path):
+    import yaml
+
+    from planner.plan import dump_plan
+
+    with open(odd["plan"], encoding="utf-8") as fh:
+        d = yaml.safe_load(fh)
+    d["prediction"]["ranks"][0]["bytes"]["total"] = 1
+    path = tmp_path / "edited.yaml"
+    path.write_text(dump_plan(d))
+    line = one_line_error(cli("launch", str(path), "--dry-run"), 2, "field hash")
+    assert "--no-verify" not in line and "verification" not in line
+
+
+def test_runtime_free_check_without_nvml_needs_force(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import types
+
+    import runtime.cli as rc
+    import runtime.measure as rm
+
+    monkeypatch.setattr(rm, "nvml_free_bytes", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (_ for _ in ()).throw(
+        RuntimeError("no CUDA driver")))
+    plan = types.SimpleNamespace(ranks=[{"bytes": {"total": 10 << 30}}])
+    with pytest.raises(rc.Fail, match="cannot check the free memory on GPU 0.*--force") as ei:
+        rc._check_free(plan, 0, torch.device("cuda", 0), False)
+    assert ei.value.code == 1
+    assert rc._check_free(plan, 0, torch.device("cuda", 0), True)["free_bytes"] == 0
+    monkeypatch.setattr(rm, "meminfo_available_bytes", lambda: 0)
+    with pytest.raises(rc.Fail, match="cannot check the available host RAM"):
+        rc._check_free(plan, 0, torch.device("cpu"), False)

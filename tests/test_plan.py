@@ -232,9 +232,33 @@ def test_tampered_prediction(plan_path):
     _fails(plan_path, "field hash", "edited after it was written")
 
 
-def test_verify_off_accepts_tampered_prediction(plan_path):
+def test_tampered_prediction_refused_even_without_verify(plan_path):
     _rewrite(plan_path, lambda d: d["prediction"]["ranks"][0]["bytes"].update(total=1))
-    assert load_plan(plan_path, verify=False).ranks[0]["bytes"]["total"] == 1
+    msg = _fails(plan_path, "field prediction.ranks[0].bytes.total", "1 stored", "recomputed",
+                 verify=False)
+    assert "verif" not in msg  # no flag is offered that this loader's callers may not have
+
+
+def test_tampered_and_rehashed_prediction_refused(plan_path):
+    """A plan edited with a recomputed hash is not trusted: the prediction is recomputed from the
+    plan's own inputs, and the first differing figure is named."""
+    def edit(d):
+        d["prediction"]["ranks"][1]["bytes"]["kv_cache"] //= 4
+        d["hash"] = plan_hash(d)
+    _rewrite(plan_path, edit)
+    _fails(plan_path, "field prediction.ranks[1].bytes.kv_cache", "recomputed")
+
+    def edit_workload(d):  # inputs changed, prediction left stale
+        d["workload"]["batch"] = 64
+        d["hash"] = plan_hash(d)
+    _rewrite(plan_path, edit_workload)
+    _fails(plan_path, "field prediction.ranks[0].bytes.kv_cache", "re-plan it")
+
+
+def test_hash_error_offers_no_flag(plan_path):
+    _rewrite(plan_path, lambda d: d["workload"].update(batch=2))
+    msg = _fails(plan_path, "field hash")
+    assert "--no-verify" not in msg and "verification" not in msg
 
 
 def test_tampered_spec(plan_path):
