@@ -131,3 +131,31 @@ def test_cached_decode_past_the_window_equals_recompute(spec):
             got = _logits(model, nxt.view(2, 1), cache, seq.shape[1] - 1)
         else:
             break
+
+
+# -- CPU launches: predicted vs measured ------------------------------------------------------------
+
+LAUNCHES = [(s, "bf16") for s in SPECS] + [(GEMMA2, "fp16"), (GPT_OSS, "int8"), (LLAMA4, "int8")]
+
+
+def launch_archs(tmp_path, spec, weights, kv="fp16", batch=2, prompt=24, new=8):
+    """Launch one plan (context 32: four windows, two chunks) and return (prediction, measured)
+    per line item of rank 0."""
+    plan = tmp_path / f"{spec.name}-{weights}-{kv}.yaml"
+    doc = make_plan(str(plan), spec, weights, kv, 1, batch, prompt, new)
+    proc = launch(str(plan), "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
+    rep = report_of(proc)
+    assert rep["ok"]
+    pred = doc["prediction"]["ranks"][0]
+    return pred, rep["ranks"][0]["lines"]
+
+
+@pytest.mark.parametrize("spec,weights", LAUNCHES, ids=[f"{s.name}-{w}" for s, w in LAUNCHES])
+def test_measured_equals_predicted(tmp_path, spec, weights):
+    pred, lines = launch_archs(tmp_path, spec, weights)
+    b = pred["bytes"]
+    assert lines["weights"]["measured"] == b["weights"]
+    assert lines["kv_cache"]["measured"] == b["kv_cache"]
+    act = lines["activations"]["measured"]
+    assert abs(act - b["activations"]) <= 0.05 * b["activations"], (act, b["activations"])
