@@ -352,8 +352,16 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     if not isinstance(mt, str):
         raise InputError(f"{where}: no 'model_type' field; is this a Hugging Face config.json?")
     if mt not in _SUPPORTED:
-        raise InputError(f"{where}: model_type {mt!r} is not supported; supported: "
-                         f"{', '.join(_SUPPORTED)}")
+        # The long tail: an architecture the planner has no features for is planned from
+        # transformers' own model of it when transformers knows it (planner/generic.py), else
+        # refused naming what the planner supports and what to install.
+        from planner.generic import spec_from_transformers
+
+        try:
+            return spec_from_transformers(cfg, name, where)
+        except InputError as e:
+            raise InputError(f"{e} (model_type {mt!r} is not supported natively; the planner's "
+                             f"own architectures: {', '.join(_SUPPORTED)})") from None
     vision = None
     if mt in _MULTIMODAL:
         from planner.vision import vision_spec_from_config
