@@ -28,8 +28,10 @@ def _catalog(name: str) -> dict:
 
 
 # Llama-4-Scout-17B-16E config.json (meta-llama/Llama-4-Scout-17B-16E; the copy printed in a
-# public repository's llama4 notes next to its transformers parameter table). Llama-4-Maverick's
-# vision_config is the same tower; its text hidden_size is 5120 as well.
+# public repository's llama4 notes next to its transformers parameter table, whose vision rows
+# this inventory matches). Llama-4-Maverick-17B-128E's vision_config is the same dict, and its
+# text hidden_size 5120 too (NVIDIA aiconfigurator's bundled copies of both published config.json
+# files, asserted equal in its tests/.../test_llama4*.py).
 LLAMA4_SCOUT = {
     "architectures": ["Llama4ForConditionalGeneration"],
     "model_type": "llama4",
@@ -47,6 +49,10 @@ LLAMA4_SCOUT = {
         "rope_theta": 10000, "vision_feature_layer": -1,
         "vision_feature_select_strategy": "default", "vision_output_dim": 4096},
 }
+
+LLAMA4_MAVERICK = {**LLAMA4_SCOUT,
+                   "text_config": {**LLAMA4_SCOUT["text_config"], "num_local_experts": 128,
+                                   "interleave_moe_layer_step": 2}}
 
 # Mistral-Small-3.1-24B-Instruct-2503 config.json (mistralai/Mistral-Small-3.1-24B-Instruct-2503,
 # transformers_version 4.50.0.dev0; the copy in TensorRT-LLM's tests/.../test_modeling_mistral.py
@@ -123,6 +129,7 @@ REAL = {
     "gemma-3-12b": GEMMA3_12B,
     "gemma-3-27b": _catalog("google--gemma-3-27b-it"),
     "llama-4-scout": LLAMA4_SCOUT,
+    "llama-4-maverick": LLAMA4_MAVERICK,
     "mistral-small-3.1": MISTRAL_SMALL_31,
 }
 
@@ -180,11 +187,12 @@ def test_inventory_is_transformers_checkpoint(hf, name):
 
 # published totals of the towers plus projectors (transformers' count, checked by the test above)
 COUNTS = {"gemma-3-4b": 419_816_304, "gemma-3-12b": 421_290_864, "gemma-3-27b": 423_060_336,
-          "llama-4-scout": 871_932_416, "mistral-small-3.1": 438_958_080}
+          "llama-4-scout": 871_932_416, "llama-4-maverick": 871_932_416,
+          "mistral-small-3.1": 438_958_080}
 
 
 def test_published_counts():
-    """The five published towers' counts, pinned (each equal to transformers' by the test above),
+    """The published towers' counts, pinned (each equal to transformers' by the test above),
     so a change to a layout shows as a number here even where transformers is not installed."""
     assert {k: _ours(cfg)[1] for k, cfg in REAL.items()} == COUNTS
 
@@ -303,3 +311,21 @@ def test_hostile_spec_is_one_line(data, msg):
     with pytest.raises(InputError) as e:
         VisionSpec.from_dict(data, "plan.json: field 'vision'")
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("weights", ["fp16", "int4", "fp8"])
+def test_memory_holds_tower_unquantized_on_every_tp_rank_of_first_stage(weights):
+    """planner/memory.py: role ``vision`` is stored in the 16-bit base dtype under any weight
+    format, whole on each TP rank (replicated), and only on the first pipeline stage (layer -1)."""
+    from planner.memory import Workload, estimate
+    from planner.spec import ModelSpec
+
+    base = ModelSpec.from_dict({"name": "t", "family": "llama", "layers": 4, "hidden": 256,
+                                "heads": 4, "vocab": 512, "ffn": 512}, "t")
+    v = vision_spec_from_config(SMALL["mistral3-small"], "c")
+    spec = replace(base, vision=v)
+    numel = sum(t.numel for t in vision_inventory(v))
+    est = estimate(spec, weights, "fp16", tp=2, pp=2, workload=Workload(1, 64, 0))
+    plain = estimate(base, weights, "fp16", tp=2, pp=2, workload=Workload(1, 64, 0))
+    for r, p in zip(est.ranks, plain.ranks):
+        assert r.weights - p.weights == (2 * numel if r.stage == 0 else 0)
