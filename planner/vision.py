@@ -28,10 +28,14 @@ is transformers' ``model.vision_tower.encoder.layers.0...``. Llama 4 has no rena
 ``Llama4ForConditionalGeneration`` holds ``vision_model`` and ``multi_modal_projector`` at the top,
 named as in the checkpoint. Non-persistent buffers (rotary tables, position ids) are no tensors.
 
-Engines and this inventory: the tower is listed ``replicated`` and never quantized (role ``vision``
-is not in ``planner.precision.QUANTIZED_ROLES``), a conservative reading: vLLM's default
-``mm_encoder_tp_mode="weights"`` shards the tower's linears across TP ranks, and ``"data"`` hosts
-the full tower on every rank (vllm/config/multimodal.py), which is what this inventory counts.
+Engines and this inventory: every tensor is listed ``replicated`` and is never quantized (role
+``vision`` is not in ``planner.precision.QUANTIZED_ROLES``, so planner/memory.py stores it in the
+16-bit base dtype). That is exact for vLLM's ``--mm-encoder-tp-mode data`` ("hosting the full
+weights on each TP rank", vllm/config/multimodal.py) and an upper bound for its default,
+``"weights"``, under which the tower's linears are TP-sharded (vllm/model_executor/models/siglip.py:
+``QKVParallelLinear`` / ``ColumnParallelLinear`` / ``RowParallelLinear`` with
+``disable_tp=use_data_parallel``). vLLM quantizes SigLIP's MLP only when hidden and intermediate
+sizes are multiples of 64 (or under bitsandbytes / torchao); Gemma 3's 4304 is not.
 """
 
 from __future__ import annotations
