@@ -1,5 +1,5 @@
-"""Checkpoint tensor names: which inventory tensors (planner/spec.py, HF Llama layout) each tensor of
-a Hugging Face safetensors checkpoint or a llama.cpp GGUF holds, for every family.
+"""Checkpoint tensor names: which inventory tensors (planner/spec.py, HF Llama layout) each
+tensor of a Hugging Face safetensors checkpoint or a llama.cpp GGUF holds, for every family.
 
 This is the one place that knows checkpoint names. A family picks a naming convention here
 (``HF_CONVENTION``, ``GGUF_CONVENTION``) and nowhere else; every structural difference between
@@ -137,7 +137,8 @@ def piece_elements(shape: tuple[int, ...], piece: Piece) -> int:
 # -- what a checkpoint tensor is, when it is no inventory tensor -------------------------------
 
 BUFFERS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
-"""Checkpoint entries that are buffers, not parameters (Llama-2's rotary inv_freq, GPT-2's masks)."""
+"""Checkpoint entries that are buffers, not parameters (Llama-2's rotary inv_freq, GPT-2's
+masks)."""
 
 VISION_PREFIXES = ("vision_tower.", "vision_model.", "multi_modal_projector.")
 """Vision tower and projector tensors of multimodal checkpoints (Gemma 3, Mistral 3: vision_tower,
@@ -149,14 +150,26 @@ _TEXT_PREFIXES = (("language_model.model.", "model."), ("model.language_model.",
 """Multimodal checkpoints' text model: ``language_model.model.`` in the published Gemma 3,
 Llama 4 and Mistral 3 checkpoints, ``model.language_model.`` as transformers 5 saves them."""
 
+HF_VISION_NAMES = {"gemma3": ("vision_tower.", "vision_tower.vision_model.")}
+"""Family -> (prefix, the published checkpoint's prefix) for a vision tower that transformers 5's
+save_pretrained writes without its inner module name (Gemma 3's SigLIP: google/gemma-3-*
+store ``vision_tower.vision_model.*``, a transformers 5.24 save ``vision_tower.*``)."""
+
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _BLK = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def _text_name(name: str) -> str:
+def _text_name(name: str, family: str = "") -> str:
+    """The name with multimodal prefixes resolved: the text model's as the inventory names it,
+    the vision tower's as the published checkpoint does."""
     for p in VISION_PREFIXES:
         if name.startswith("model." + p):
-            return name[len("model."):]
+            name = name[len("model."):]
+    if name.startswith(VISION_PREFIXES):
+        old, new = HF_VISION_NAMES.get(family, ("", ""))
+        if old and name.startswith(old) and not name.startswith(new):
+            return new + name[len(old):]
+        return name
     for old, new in _TEXT_PREFIXES:
         if name.startswith(old):
             return new + name[len(old):]
@@ -169,13 +182,21 @@ MTP_FAMILIES = ("deepseek_v3", "deepseek_v2", "glm4_moe")
 not part of the planned model (spec.layers excludes them)."""
 
 
+GGUF_BUFFERS = re.compile(r"^(rope_freqs|rope_factors_long|rope_factors_short)\.weight$"
+                          r"|^blk\.\d+\.attn_rot_embd\.weight$")
+"""GGUF tensors llama.cpp computes from the config (Llama 3.1 / Phi-3 rotary frequency factors), not
+model parameters."""
+
+
 def ignored(spec: ModelSpec, name: str, fmt: str) -> str | None:
     """Why a checkpoint tensor belongs to no inventory tensor: 'buffer', 'mtp' (a
     multi-token-prediction layer, MTP_FAMILIES), or None."""
     if fmt == "gguf":
+        if GGUF_BUFFERS.search(name):
+            return "buffer"
         m = _BLK.match(name)
-        if m and spec.family in MTP_FAMILIES and (m.group(2).startswith("nextn.")
-                                                  or int(m.group(1)) >= spec.layers):
+        if m and (m.group(2).startswith("nextn.")
+                  or spec.family in MTP_FAMILIES and int(m.group(1)) >= spec.layers):
             return "mtp"
         return None
     if BUFFERS.search(name):
@@ -331,8 +352,8 @@ def _hf_gpt_oss(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
 
 
 def _hf_llama4(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
-    """Llama 4: feed_forward.* (dense layers), feed_forward.router, feed_forward.experts.* (stacked),
-    feed_forward.shared_expert.*."""
+    """Llama 4: feed_forward.* (dense layers), feed_forward.router, feed_forward.experts.*
+    (stacked), feed_forward.shared_expert.*."""
     p = f"model.layers.{i}."
     if rest.startswith("feed_forward."):
         rest = "mlp." + rest[len("feed_forward."):]
@@ -426,7 +447,8 @@ def _hf_falcon_bloom(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
     for theirs, ours in (("self_attention.dense.", "self_attn.o_proj."),
                          ("mlp.dense_h_to_4h.", "mlp.up_proj."),
                          ("mlp.dense_4h_to_h.", "mlp.down_proj."),
-                         ("ln_attn.", "input_layernorm."), ("ln_mlp.", "post_attention_layernorm.")):
+                         ("ln_attn.", "input_layernorm."),
+                         ("ln_mlp.", "post_attention_layernorm.")):
         if rest.startswith(theirs):
             return _one(p + ours + rest[len(theirs):])
     return _one(p + rest)
@@ -486,7 +508,7 @@ def _hf_pieces(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
     conv = HF_CONVENTION[spec.family]
     if conv in _HF_WHOLE_RULES:
         return _HF_WHOLE_RULES[conv](spec, name)
-    n = _text_name(name)
+    n = _text_name(name, spec.family)
     if n.endswith(".weight_scale_inv"):  # fp8 block scales: bytes of the weight they scale
         return tuple(Piece(p.target, (), scales=True)
                      for p in _hf_pieces(spec, n[:-len("_scale_inv")]))
@@ -523,7 +545,8 @@ GGUF_WHOLE = {"attn_sinks.weight": "self_attn.sinks",
               "exp_probs_b.bias": "mlp.gate.e_score_correction_bias"}
 """GGUF block tensors whose inventory name is not base + .weight / .bias."""
 
-GGUF_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+GGUF_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj",
+                "ffn_down_exps": "down_proj"}
 """Stacked expert tensors: numpy shape (E, out, in) (and biases (E, out)); expert e is index e of
 dim 0, already in the inventory's (out, in) layout."""
 
@@ -538,12 +561,16 @@ GGUF_CONVENTION = {
     "gpt_oss": "post_norm", "glm4_moe": "post_norm", "deepseek_v2": "deepseek",
     "deepseek_v3": "deepseek",
 }
-"""Family -> GGUF convention. llama: q/k rows permuted by the converter (LlamaModel.permute);
-plain: names of GGUF_LAYER only (Llama 4's q/k are not permuted: undo_permute = False);
-phi3: fused attn_qkv and ffn_up = [gate; up]; gemma: sandwich norms, norm weights stored 1 + w;
-glm4: sandwich norms, ffn_up = [gate; up]; post_norm: ``post_attention_norm`` is the pre-FFN
-norm (gpt-oss, GLM-4.5 list no ffn_norm); deepseek: MLA, rope rows interleaved, kv_b split into
-attn_k_b (heads, rank, nope) and attn_v_b (heads, v, rank)."""
+"""Family -> GGUF convention:
+
+- llama: q/k rows permuted by the converter (LlamaModel.permute), undone on read;
+- plain: GGUF_LAYER's names only (Llama 4's q/k are not permuted: undo_permute = False);
+- phi3: fused attn_qkv, and ffn_up = [gate; up] in dense layers;
+- gemma: sandwich norms; every norm weight stored as 1 + w (Gemma2Model / Gemma3Model);
+- glm4: sandwich norms, ffn_up = [gate; up], attn_qkv when fused;
+- post_norm: ``post_attention_norm`` is the pre-FFN norm (gpt-oss, GLM-4.5 list no ffn_norm);
+- deepseek: MLA; rope rows interleaved as in the HF checkpoint; kv_b split into attn_k_b
+  (heads, rank, nope) and attn_v_b (heads, v, rank)."""
 
 
 def _gguf_pieces(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
@@ -570,7 +597,7 @@ def _gguf_pieces(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
         return _one(f"{p}{GGUF_SANDWICH[base]}.{kind}", offset=off)
     if conv == "post_norm" and base == "post_attention_norm":
         return _one(f"{p}post_attention_layernorm.{kind}")
-    if conv == "phi3" and base == "attn_qkv":
+    if conv in ("phi3", "glm4") and base == "attn_qkv":
         return _rows(spec, p, kind, _qkv_rows(spec))
     if conv in ("phi3", "glm4") and base == "ffn_up" and not spec.moe:
         return _rows(spec, p, kind, _gate_up_rows(spec.ffn))
