@@ -102,7 +102,7 @@ def _float(cfg: dict, where: str, key: str, default: float) -> float:
 
 _LLAMA_LIKE = ("llama", "mistral", "qwen2", "phi3", "mixtral", "deepseek_v3", "deepseek_v2",
                "qwen3", "qwen3_moe", "gemma2", "gemma3_text", "gpt_oss", "llama4_text", "phimoe",
-               "glm4", "glm4_moe")
+               "glm4", "glm4_moe", "ministral3")
 """Model types read by the one decoder-block parser below (RoPE, RMSNorm or LayerNorm, gated FFN,
 GQA or MLA, optional MoE)."""
 
@@ -110,7 +110,14 @@ _MULTIMODAL = {"gemma3": "gemma3_text", "llama4": "llama4_text", "mistral3": "mi
 """Multimodal model types -> the model type of their ``text_config`` (planned as the text model,
 with the vision tower and projector counted as weights)."""
 
-_SUPPORTED = (*_LLAMA_LIKE, *_MULTIMODAL, "opt", "gpt2", "bloom", "falcon", "RefinedWeb",
+_ALIASES = {"kimi_k2": "deepseek_v3"}
+"""Model types whose config.json names a supported architecture under another name (Kimi-K2's
+config.json: "architectures": ["DeepseekV3ForCausalLM"])."""
+
+_FAMILY_OF = {"ministral3": "mistral"}
+"""Model types that name their tensors as another family does."""
+
+_SUPPORTED = (*_LLAMA_LIKE, *_MULTIMODAL, *_ALIASES, "opt", "gpt2", "bloom", "falcon", "RefinedWeb",
               "RefinedWebModel", "glm")
 
 # Defaults of fields that published configs leave out, as transformers 5.24's configuration_*.py
@@ -124,6 +131,7 @@ _TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
                "tie_word_embeddings": True, "sliding_window": 4096,
                "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0},
     "gemma3_text": {"vocab_size": 262208, "head_dim": 256, "max_position_embeddings": 131072,
+                    "num_attention_heads": 8, "num_key_value_heads": 4,
                     "tie_word_embeddings": True, "sliding_window": 4096, "rope_theta": 1e6,
                     "sliding_window_pattern": 6},
     "gpt_oss": {"vocab_size": 201088, "head_dim": 64, "sliding_window": 128,
@@ -148,10 +156,14 @@ _TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
                  "moe_intermediate_size": 1408, "num_experts_per_tok": 8, "n_shared_experts": 1,
                  "n_routed_experts": 128, "first_k_dense_replace": 1, "use_qk_norm": False},
     "mistral": {"vocab_size": 32000, "max_position_embeddings": 131072},
+    "ministral3": {"vocab_size": 131072, "head_dim": 128, "max_position_embeddings": 262144,
+                   "rms_norm_eps": 1e-5},
 }
 
 _TEXT_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-"""Fields a ``text_config`` must give itself: a text model without its widths is not one."""
+"""Fields a ``text_config`` must give itself unless its config class defaults them (gemma-3-4b's
+published text_config leaves num_attention_heads to Gemma3TextConfig's 8): a text model without
+its widths is not one."""
 
 _LAYER_TYPE_NAMES = {"full_attention": "full", "sliding_attention": "sliding",
                      "chunked_attention": "chunked", "full": "full", "sliding": "sliding",
@@ -163,10 +175,11 @@ def _text_config(cfg: dict, mt: str, where: str) -> tuple[dict, str]:
     text = cfg.get("text_config")
     if not isinstance(text, dict):
         raise InputError(f"{where}: a {mt!r} config needs a 'text_config' object")
-    missing = [k for k in _TEXT_REQUIRED if text.get(k) is None]
+    text_mt = text.get("model_type") or _MULTIMODAL[mt]
+    defaults = _TEXT_DEFAULTS.get(text_mt, {})
+    missing = [k for k in _TEXT_REQUIRED if text.get(k) is None and k not in defaults]
     if missing:
         raise InputError(f"{where}: text_config lacks {', '.join(repr(k) for k in missing)}")
-    text_mt = text.get("model_type") or _MULTIMODAL[mt]
     if text_mt not in _LLAMA_LIKE:
         raise InputError(f"{where}: text_config model_type {text_mt!r} is not supported")
     merged = dict(text)
@@ -252,7 +265,7 @@ def _llama_like(cfg: dict, mt: str, where: str, d: dict[str, Any]) -> None:
     layers = _int(cfg, where, "num_hidden_layers", g("num_hidden_layers"))
     heads = g("num_attention_heads")
     kv = g("num_key_value_heads", default=heads)
-    d.update(family=mt.removesuffix("_text"), layers=layers, hidden=g("hidden_size"),
+    d.update(family=_FAMILY_OF.get(mt, mt.removesuffix("_text")), layers=layers, hidden=g("hidden_size"),
              heads=heads, kv_heads=kv, ffn=g("intermediate_size"), vocab=g("vocab_size"),
              tied_embeddings=b("tie_word_embeddings", False),
              max_context=g("max_position_embeddings", default=2048),
@@ -362,6 +375,7 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
         except InputError as e:
             raise InputError(f"{e} (model_type {mt!r} is not supported natively; the planner's "
                              f"own architectures: {', '.join(_SUPPORTED)})") from None
+    mt = _ALIASES.get(mt, mt)
     vision = None
     if mt in _MULTIMODAL:
         from planner.vision import vision_spec_from_config
