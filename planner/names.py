@@ -351,10 +351,20 @@ def _hf_gpt_oss(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
     return _one(p + rest)
 
 
+def _llama4_rope(spec: ModelSpec, q: bool) -> Op:
+    """Llama 4 rotates adjacent pairs of each head (view_as_complex; llama.cpp's NORM rotary):
+    its q/k rows, read as rotate-half [evens | odds] per head, give the same scores under the
+    rotate-half RoPE every other family uses (q and k permuted alike; the L2 QK-norm and NoPE
+    layers do not see the order)."""
+    return ("rope_rows", spec.heads if q else spec.kv_heads, spec.head_dim, 0, spec.head_dim)
+
+
 def _hf_llama4(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
     """Llama 4: feed_forward.* (dense layers), feed_forward.router, feed_forward.experts.*
     (stacked), feed_forward.shared_expert.*."""
     p = f"model.layers.{i}."
+    if rest in ("self_attn.q_proj.weight", "self_attn.k_proj.weight"):
+        return _one(p + rest, _llama4_rope(spec, rest.startswith("self_attn.q")))
     if rest.startswith("feed_forward."):
         rest = "mlp." + rest[len("feed_forward."):]
         rest = rest.replace("mlp.router.", "mlp.gate.").replace("mlp.shared_expert.",
@@ -556,7 +566,7 @@ GGUF_SANDWICH = {"post_attention_norm": "post_self_attn_layernorm",
 
 GGUF_CONVENTION = {
     "llama": "llama", "mistral": "llama", "mixtral": "llama", "mistral3": "llama",
-    "qwen2": "plain", "qwen3": "plain", "qwen3_moe": "plain", "llama4": "plain",
+    "qwen2": "plain", "qwen3": "plain", "qwen3_moe": "plain", "llama4": "llama4",
     "phimoe": "phi3", "phi3": "phi3", "gemma2": "gemma", "gemma3": "gemma", "glm4": "glm4",
     "gpt_oss": "post_norm", "glm4_moe": "post_norm", "deepseek_v2": "deepseek",
     "deepseek_v3": "deepseek",
@@ -564,7 +574,8 @@ GGUF_CONVENTION = {
 """Family -> GGUF convention:
 
 - llama: q/k rows permuted by the converter (LlamaModel.permute), undone on read;
-- plain: GGUF_LAYER's names only (Llama 4's q/k are not permuted: undo_permute = False);
+- plain: GGUF_LAYER's names only;
+- llama4: q/k rows as in the HF checkpoint (undo_permute = False), read as rotate-half like HF's;
 - phi3: fused attn_qkv, and ffn_up = [gate; up] in dense layers;
 - gemma: sandwich norms; every norm weight stored as 1 + w (Gemma2Model / Gemma3Model);
 - glm4: sandwich norms, ffn_up = [gate; up], attn_qkv when fused;
@@ -618,6 +629,8 @@ def _gguf_pieces(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
     if base not in GGUF_LAYER:
         return ()
     target = f"{p}{GGUF_LAYER[base]}.{kind}"
+    if conv == "llama4" and kind == "weight" and base in ("attn_q", "attn_k"):
+        return _one(target, _llama4_rope(spec, base == "attn_q"))
     if conv == "llama" and kind == "weight" and base in ("attn_q", "attn_k"):
         return _one(target, ("unpermute", spec.heads if base == "attn_q" else spec.kv_heads))
     return _one(target, offset=off)

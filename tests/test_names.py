@@ -331,3 +331,113 @@ def test_gguf_written_as_llama_cpp_does_reads_back_the_inventory(mt, tmp_path_fa
     for t in inventory(spec):
         torch.testing.assert_close(gg.get(t.name), st.get(t.name), rtol=0, atol=1e-6,
                                    msg=t.name)
+
+
+def _mxfp4_checkpoint(folder, spec, out):
+    """The tiny gpt-oss checkpoint with its expert weights as openai/gpt-oss-* store them: MXFP4
+    blocks (E, out rows, in / 32, 16) uint8 and scales (E, out rows, in / 32) uint8, gate_up rows
+    interleaved; biases as they are."""
+    from safetensors.torch import load_file, save_file
+
+    ck = load_file(str(folder / "model.safetensors"))
+    E, h, f = spec.experts, spec.hidden, spec.expert_ffn or spec.ffn
+    g = torch.Generator().manual_seed(0)
+    for i in range(spec.layers):
+        p = f"model.layers.{i}.mlp.experts."
+        del ck[p + "gate_up_proj"], ck[p + "down_proj"]
+        for part, rows, cols in (("gate_up_proj", 2 * f, h), ("down_proj", h, f)):
+            ck[p + part + "_blocks"] = torch.randint(0, 256, (E, rows, cols // 32, 16),
+                                                     generator=g, dtype=torch.uint8)
+            ck[p + part + "_scales"] = torch.randint(100, 130, (E, rows, cols // 32),
+                                                     generator=g, dtype=torch.uint8)
+    out.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in ck.items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text((folder / "config.json").read_text())
+    return ck
+
+
+def test_gpt_oss_mxfp4_names_cover_the_experts(tmp_path_factory, tmp_path):
+    """The MXFP4 blocks hold the experts' values (two per byte), the scales are their scales:
+    the inventory is covered exactly, stored bytes are the file's, and the runtime names the
+    format it cannot load yet instead of loading garbage."""
+    from planner.checkpoint import read_checkpoint
+    from planner.inspect import stored_bytes
+    from runtime.model import RuntimeError_
+    from runtime.weights import SafetensorsSource, check_against
+
+    _, folder, spec = built("gpt_oss", tmp_path_factory)
+    _mxfp4_checkpoint(folder, spec, tmp_path / "mx")
+    ckpt = read_checkpoint(str(tmp_path / "mx"))
+    result = compare_inventory(spec, ckpt)
+    assert result["matches"], result["mismatches"]
+    assert result["scales_excluded"] == 2 * spec.layers
+    stored = stored_bytes(types.SimpleNamespace(checkpoint=ckpt, spec=spec, path="mx"))
+    assert set(stored) == {t.name for t in inventory(spec)}
+    assert sum(stored.values()) == sum(t.nbytes for t in ckpt.tensors)
+    # one expert's gate: half the blocks' rows and half the scales' rows of its expert
+    e0 = stored["model.layers.0.mlp.experts.0.gate_proj.weight"]
+    f, h = spec.expert_ffn, spec.hidden
+    assert e0 == f * h // 2 + f * h // 32
+    src = SafetensorsSource(str(tmp_path / "mx"), spec)
+    check_against(spec, src)
+    with pytest.raises(RuntimeError_, match="MXFP4"):
+        src.get("model.layers.0.mlp.experts.0.gate_proj.weight")
+
+
+def test_stored_bytes_share_stacked_and_fused_tensors(tmp_path_factory):
+    """--weights stored on a checkpoint with stacked experts (Llama 4) and fused gate_up (GLM-4):
+    every inventory tensor gets its exact share, the shares sum to the file's bytes."""
+    from planner.checkpoint import read_checkpoint
+    from planner.inspect import stored_bytes
+
+    for mt in ("llama4_text", "glm4"):
+        _, folder, spec = built(mt, tmp_path_factory)
+        ckpt = read_checkpoint(str(folder))
+        stored = stored_bytes(types.SimpleNamespace(checkpoint=ckpt, spec=spec, path=mt))
+        assert sum(stored.values()) == sum(t.nbytes for t in ckpt.tensors)
+        for t in inventory(spec):  # the tiny models are fp32: 4 bytes an element
+            assert stored[t.name] == 4 * t.numel, t.name
+
+
+def test_mtp_layers_and_buffers_are_excluded_not_mismatched(tmp_path_factory):
+    """DeepSeek-V3 / GLM-4.5 multi-token-prediction layers (model.layers.{L}) and GGUF rotary
+    factor tables are counted as excluded; the same index in a family without MTP is a mismatch."""
+    spec = built("glm4_moe", tmp_path_factory)[2]
+    assert names.ignored(spec, f"model.layers.{spec.layers}.eh_proj.weight", "safetensors") == "mtp"
+    assert names.ignored(spec, f"blk.{spec.layers - 1}.nextn.eh_proj.weight", "gguf") == "mtp"
+    assert names.ignored(spec, "rope_freqs.weight", "gguf") == "buffer"
+    qwen = built("qwen3", tmp_path_factory)[2]
+    assert names.ignored(qwen, f"model.layers.{qwen.layers}.mlp.up_proj.weight", "x") is None
+
+
+def test_llama4_rope_rows_give_transformers_scores(tmp_path_factory):
+    """Llama 4's q/k, read through names.py and rotated rotate-half (as the runtime does for
+    every family), give the attention scores transformers' complex (adjacent-pair) RoPE gives."""
+    from transformers.models.llama4 import modeling_llama4 as ml
+
+    from runtime.weights import SafetensorsSource
+
+    model, folder, spec = built("llama4_text", tmp_path_factory)
+    src = SafetensorsSource(str(folder), spec)
+    attn = model.model.layers[0].self_attn
+    s, hd = 5, spec.head_dim
+    x = torch.randn(1, s, spec.hidden)
+    pos = torch.arange(s)[None]
+    freqs = model.model.rotary_emb(x, pos)  # complex (1, s, hd / 2)
+    with torch.no_grad():
+        q = attn.q_proj(x).view(1, s, spec.heads, hd)
+        k = attn.k_proj(x).view(1, s, spec.kv_heads, hd)
+        q_ref, k_ref = ml.apply_rotary_emb(q, k, freqs)
+        q2 = (x @ src.get("model.layers.0.self_attn.q_proj.weight").T).view(1, s, spec.heads, hd)
+        k2 = (x @ src.get("model.layers.0.self_attn.k_proj.weight").T).view(1, s, spec.kv_heads, hd)
+        ang = torch.cat([freqs.angle(), freqs.angle()], dim=-1)[:, :, None, :]
+        cos, sin = ang.cos() * freqs.abs()[..., :1, None], ang.sin() * freqs.abs()[..., :1, None]
+
+        def rot(t):
+            a, b = t[..., :hd // 2], t[..., hd // 2:]
+            return t * cos + torch.cat([-b, a], dim=-1) * sin
+
+        g = spec.heads // spec.kv_heads
+        ref = torch.einsum("bqhd,bkhd->bhqk", q_ref, k_ref.repeat_interleave(g, 2))
+        ours = torch.einsum("bqhd,bkhd->bhqk", rot(q2), rot(k2).repeat_interleave(g, 2))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
