@@ -441,3 +441,45 @@ def test_llama4_rope_rows_give_transformers_scores(tmp_path_factory):
         ref = torch.einsum("bqhd,bkhd->bhqk", q_ref, k_ref.repeat_interleave(g, 2))
         ours = torch.einsum("bqhd,bkhd->bhqk", rot(q2), rot(k2).repeat_interleave(g, 2))
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+# Tiny configs with the features the spec does not model yet set to what the runtime builds
+# (see the report of issue 10): Gemma's query_pre_attn_scalar = head_dim, Gemma 3's sliding layers'
+# own rope base avoided (all layers full), Qwen3-MoE's norm_topk_prob on, GLM-4.5's partial
+# rotary off, Llama 4 and DeepSeek-V2 with dense layers only (their routings differ).
+E2E = {
+    "qwen3": {}, "gemma2": {"query_pre_attn_scalar": 16},
+    "gemma3_text": {"query_pre_attn_scalar": 16, "layer_types": ["full_attention"] * 2},
+    "qwen3_moe": {"norm_topk_prob": True}, "glm4_moe": {"partial_rotary_factor": 1.0},
+    "llama4_text": {"interleave_moe_layer_step": 4},
+    "deepseek_v2": {"num_key_value_heads": 4, "first_k_dense_replace": 2},
+}
+
+
+@pytest.mark.parametrize("mt", list(E2E))
+def test_runtime_logits_equal_transformers(mt, tmp_path):
+    """A tiny checkpoint saved by transformers, loaded by the runtime through names.py, gives
+    transformers' logits: the names, the Gemma norm placement, Llama 4's and DeepSeek's rope rows
+    and the stacked/fused layouts are the model's."""
+    from runtime.model import KVCache, Layout, build
+    from runtime.weights import materialize_checkpoint, open_checkpoint
+
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model(mt, **{**BASE, **CASES[mt], **E2E[mt]})
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    hf.save_pretrained(str(tmp_path))
+    spec = _spec_of(json.loads((tmp_path / "config.json").read_text()), mt, str(tmp_path))
+    with torch.no_grad():
+        model = build(spec, Layout(weights="fp32", act_dtype=torch.float32))
+        materialize_checkpoint(model, open_checkpoint(str(tmp_path), spec))
+        got = []
+        head = model._lm_head
+        model._lm_head = lambda x: got.append(head(x)) or got[-1]
+        ids = torch.randint(0, spec.vocab, (1, 9), generator=torch.Generator().manual_seed(1))
+        model(ids, KVCache(spec, "fp16", 1, 1, 16, torch.device("cpu")), 0)
+        ref = hf(ids).logits[0, -1].float()
+    ours = got[-1].reshape(-1, got[-1].shape[-1])[-1][:ref.numel()].float()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=2e-3)  # the KV cache is fp16
