@@ -88,6 +88,9 @@ def _workload(args: argparse.Namespace):
         if args.prompt_tokens is not None and args.new_tokens is not None:
             if args.prompt_tokens + args.new_tokens != args.context:
                 raise InputError("--context must equal --prompt-tokens + --new-tokens")
+        if args.prompt_tokens is not None and args.prompt_tokens > args.context:
+            raise InputError(f"--prompt-tokens {args.prompt_tokens} exceeds --context "
+                             f"{args.context} (the context is prompt + new tokens)")
         new = args.new_tokens if args.new_tokens is not None else (
             args.context - args.prompt_tokens if args.prompt_tokens is not None else 0)
         prompt = args.context - new
@@ -245,10 +248,28 @@ def _problem(args: argparse.Namespace, spec, workload=None):
     from planner.search import make_problem
 
     gpuset = parse_gpu_set(args.gpus)
+    _warn_cpu_cores(gpuset)
     return gpuset, make_problem(spec, gpuset, workload or _workload(args), args.engine,
                                 args.quantize_lm_head,
                                 getattr(args, "gpu_memory_utilization", None),
                                 getattr(args, "block_size", None))
+
+
+_warned_cores: set = set()
+
+
+def _warn_cpu_cores(gpuset) -> None:
+    """cpu:N plans N ranks on this host's RAM; more ranks than cores launch only oversubscribed."""
+    if gpuset.kind != "cpu" or gpuset.text in _warned_cores:
+        return
+    from planner.launch import _device_count
+
+    cores, _ = _device_count("cpu")
+    if gpuset.count > cores:
+        _warned_cores.add(gpuset.text)
+        sys.stderr.write(f"planner: warning: {gpuset.text} plans {gpuset.count} CPU ranks but this "
+                         f"host has {cores} core(s); planner launch runs such a plan only with "
+                         "--force (oversubscribed)\n")
 
 
 def _split_keys(text: str | None) -> list[str] | None:
@@ -258,6 +279,11 @@ def _split_keys(text: str | None) -> list[str] | None:
     if not keys:
         raise InputError(f"empty format list {text!r}")
     return keys
+
+
+def _one(gpuset) -> str:
+    """Where a shortfall is: "on one GPU", or on a CPU set (which shares the host's RAM)."""
+    return "for one CPU rank" if getattr(gpuset, "kind", "gpu") == "cpu" else "on one GPU"
 
 
 def _gpu_line(gpuset, p) -> str:
@@ -309,7 +335,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                                   f"{rejected[0].reason if rejected else 'no candidates'}")
         raise DoesNotFit(f"nothing fits {src.spec.name} on {gpuset.describe()}; closest: "
                          f"{near.weights} · KV {near.kv} · TP {near.tp} · PP {near.pp} needs "
-                         f"{fmt_bytes(near.shortfall_bytes)} more on one GPU")
+                         f"{fmt_bytes(near.shortfall_bytes)} more {_one(gpuset)}")
     if args.output:
         from planner.plan import candidate_document, write_plan
 
@@ -341,7 +367,8 @@ def _recommend_all(args: argparse.Namespace, weights, kv) -> int:
             near = smallest_shortfall(rejected)
             if near:
                 reason = (f"does not fit: closest {near.weights} · KV {near.kv} · TP {near.tp} · "
-                          f"PP {near.pp} needs {fmt_bytes(near.shortfall_bytes)} more per GPU")
+                          f"PP {near.pp} needs {fmt_bytes(near.shortfall_bytes)} more "
+                          + ("per CPU rank" if gpuset.kind == "cpu" else "per GPU"))
             else:
                 reason = rejected[0].reason if rejected else "no candidate layouts"
             rows.append({"model": entry.spec.name, "params": param_count(entry.spec),
@@ -428,7 +455,7 @@ def render_rejected(name, gpuset, p, rejected, args) -> str:
     misses = sorted((r for r in rejected if r.shortfall_bytes), key=lambda r: r.shortfall_bytes)
     for r in misses[:args.top]:
         lines.append(f"  {r.weights} · KV {r.kv} · TP {r.tp} · PP {r.pp}: short by "
-                     f"{fmt_bytes(r.shortfall_bytes)} on one GPU")
+                     f"{fmt_bytes(r.shortfall_bytes)} {_one(gpuset)}")
     return "\n".join(lines)
 
 
@@ -479,7 +506,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     _emit(args, doc, text)
     if not c.fits:
         raise DoesNotFit(f"{src.spec.name} with {c.label()} does not fit {gpuset.describe()} even "
-                         f"at batch 1: short by {fmt_bytes(-c.headroom)} on one GPU")
+                         f"at batch 1: short by {fmt_bytes(-c.headroom)} {_one(gpuset)}")
     return 0
 
 
@@ -493,6 +520,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     contexts = [parse_tokens(c, "--context") for c in args.context.split(",")]
     fmts = [weight_format(k) for k in _split_keys(args.weights)]
     kvfs = [kv_format(k) for k in _split_keys(args.kv_cache)]
+    from planner.search import MAX_SWEEP_CELLS
+
+    cells = len(fmts) * len(kvfs) * len(batches) * len(contexts)
+    if cells > MAX_SWEEP_CELLS:
+        raise InputError(f"sweep of {len(fmts)} weight x {len(kvfs)} KV formats x {len(batches)} "
+                         f"batches x {len(contexts)} contexts = {cells:,} cells is more than the "
+                         f"{MAX_SWEEP_CELLS:,} a sweep computes; split it")
     new = args.new_tokens or 0
     for ctx in contexts:
         if ctx <= new:

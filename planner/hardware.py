@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from planner.errors import InputError, suggest
 from planner.units import fmt_bytes
 
-MAX_DEVICES = 4096
-"""The largest GPU count a set may name; more is a typo, not a cluster this planner plans for."""
+MAX_DEVICES = 1024
+"""The largest GPU count a set may name (refused above it, in one line, before any search); more
+is a typo, not a cluster this planner plans for. The search spans at most
+planner.search.MAX_LAYOUT_GPUS of them per layout."""
 
 INTERCONNECTS = ("nvlink", "pcie", "infinity-fabric", "host")
 _FLOPS_KEYS = ("fp32", "fp16", "bf16", "fp8", "int8")

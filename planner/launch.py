@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="one JSON report on stdout")
     p.add_argument("--report", help="also write the JSON report to this file")
     p.add_argument("--force", action="store_true",
-                   help="run even when the prediction exceeds the free memory detected")
+                   help="run even when the prediction exceeds the free memory detected (or it "
+                        "cannot be detected), and a CPU plan with more ranks than cores")
     p.add_argument("--timeout", type=seconds_arg("--timeout"), default=0,
                    help="kill every rank after this many seconds (0 = no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
@@ -118,10 +119,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.nodes != 1:
         return _print_multinode(args, ranks)
     have, what = _device_count(plan.device)
-    if ranks > have:
+    if ranks > have and plan.device == "cpu" and args.force:
+        print(f"planner: warning: {ranks} CPU ranks on {have} core(s): oversubscribed (--force), "
+              "expect it to run slowly", file=sys.stderr)
+    elif ranks > have:
         raise InputError(f"{args.plan}: the plan needs {ranks} rank(s) (TP {plan.tp} x PP "
-                         f"{plan.pp}) but this host has {have} {what}; to spread it over "
-                         "several hosts, --nodes N --master-addr HOST prints each node's command")
+                         f"{plan.pp}) but this host has {have} {what}; "
+                         + ("--force runs them oversubscribed, or " if plan.device == "cpu" else "")
+                         + "to spread it over several hosts, --nodes N --master-addr HOST prints "
+                         "each node's command")
     extra: list[str] = []
     for flag in ("checkpoint", "report"):
         if getattr(args, flag):

@@ -332,15 +332,26 @@ def _sort_key(objective: str, measured: dict[str, tuple] | None = None):
     raise InputError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 
 
+MAX_LAYOUT_GPUS = 128
+"""The most GPUs (TP × PP) one searched layout spans. A bigger set is searched for layouts up to
+this size (a 1T-parameter model in fp16 fits 128 24 GB GPUs); --tp/--pp name a larger one."""
+
+
+MAX_SWEEP_CELLS = 1024
+"""The most (weights × KV × batch × context) cells ``planner sweep`` computes (about 10 ms each);
+a larger grid is refused in one line before the first estimate."""
+
+
 def layouts(p: Problem, tp: int | None = None, pp: int | None = None) -> list[tuple[int, int]]:
     """(TP, PP) pairs to try: TP among the divisors of the set size and the powers of two up to it,
-    PP so that TP × PP fits in the set."""
+    PP so that TP × PP fits in the set, in :data:`MAX_LAYOUT_GPUS` and in the model's layers."""
     n = len(p.devices)
     if tp is not None or pp is not None:
         return [(tp or 1, pp or 1)]
-    tps = sorted({d for d in range(1, n + 1) if n % d == 0} |
-                 {1 << k for k in range(n.bit_length()) if 1 << k <= n})
-    return [(t, q) for t in tps for q in range(1, n // t + 1)]
+    cap = min(n, MAX_LAYOUT_GPUS)
+    tps = sorted({d for d in range(1, cap + 1) if n % d == 0} |
+                 {1 << k for k in range(cap.bit_length()) if 1 << k <= cap})
+    return [(t, q) for t in tps for q in range(1, min(cap // t, p.spec.layers) + 1)]
 
 
 def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = None,

@@ -328,3 +328,74 @@ def test_runtime_free_check_without_nvml_needs_force(monkeypatch):
     monkeypatch.setattr(rm, "meminfo_available_bytes", lambda: 0)
     with pytest.raises(rc.Fail, match="cannot check the available host RAM"):
         rc._check_free(plan, 0, torch.device("cpu"), False)
+
+
+# -- 5. messages and caps --------------------------------------------------------------------
+
+def test_prompt_longer_than_context():
+    for cmd in (["estimate", "--model", "llama-3-8b"],
+                ["recommend", "--model", "llama-3-8b", "--gpus", "1x3090"]):
+        line = one_line_error(cli(*cmd, "--context", "4k", "--prompt-tokens", "5000"), 2,
+                              "--prompt-tokens 5000 exceeds --context 4096")
+        assert "-904" not in line
+
+
+def test_cpu_shortfall_does_not_say_gpu():
+    line = one_line_error(cli("recommend", "--model", "llama-3.1-405b", "--gpus", "cpu:1"), 1,
+                          "for one CPU rank")
+    assert "GPU" not in line.split("closest:")[1]
+
+
+@pytest.mark.parametrize("args,says", [(["--nodes", "0"], "--nodes must be at least 1"),
+                                       (["--timeout", "-1"], "--timeout must be")])
+def test_launch_bad_numbers(odd, args, says):
+    one_line_error(cli("launch", odd["plan"], *args), 2, says)
+
+
+def test_cpu_ranks_beyond_cores(tmp_path):
+    from planner.launch import _device_count
+
+    cores = _device_count("cpu")[0]
+    n = cores + 1
+    out = str(tmp_path / "cpu.yaml")
+    proc = cli("recommend", "--model", "smollm2", "--gpus", f"cpu:{n}", "--tp", str(n),
+               "--context", "256", "-o", out)
+    if proc.returncode != 0:  # TP n may not divide the model's heads: PP n then
+        proc = cli("recommend", "--model", "smollm2", "--gpus", f"cpu:{n}", "--pp", str(n),
+                   "--context", "256", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"plans {n} CPU ranks but this host has {cores} core(s)" in proc.stderr
+    one_line_error(cli("launch", out, "--dry-run"), 2, f"this host has {cores} CPU core(s)",
+                   "--force runs them oversubscribed")
+    proc = cli("launch", out, "--dry-run", "--force")
+    assert proc.returncode == 0 and "oversubscribed" in proc.stderr, proc.stderr
+
+
+def test_huge_gpu_set_refused_fast():
+    t0 = time.monotonic()
+    one_line_error(cli("recommend", "--model", "llama-3-8b", "--gpus", "4096x3090"), 2,
+                   "implausibly large", "at most 1024")
+    one_line_error(cli("recommend", "--model", "llama-3-8b", "--gpus", "1000x3090+100x4090"), 2,
+                   "implausibly large")
+    assert time.monotonic() - t0 < 30
+
+
+def test_search_layouts_are_capped():
+    from planner.hardware import parse_gpu_set
+    from planner.memory import Workload
+    from planner.search import MAX_LAYOUT_GPUS, layouts, make_problem
+    from planner.sources import resolve
+
+    p = make_problem(resolve("llama-3-8b").spec, parse_gpu_set("1024x3090"), Workload(1, 128, 0),
+                     "runtime")
+    pairs = layouts(p)
+    assert max(t * q for t, q in pairs) <= MAX_LAYOUT_GPUS
+    assert max(q for _, q in pairs) <= p.spec.layers
+
+
+def test_sweep_size_capped():
+    batches = ",".join(str(i) for i in range(1, 2001))
+    t0 = time.monotonic()
+    one_line_error(cli("sweep", "--model", "llama-3-8b", "--batch", batches), 2, "cells",
+                   "more than the 1,024")
+    assert time.monotonic() - t0 < 30
