@@ -77,6 +77,7 @@ class Plan:
 # -- hashes ------------------------------------------------------------------------------------
 
 def _canonical(obj: Any) -> bytes:
+    """Sorted-key JSON; NaN or Infinity anywhere is a ValueError (a plan stores finite numbers)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       allow_nan=False).encode("ascii")
 
@@ -104,6 +105,10 @@ def plan_document(est: Estimate, source: ModelSource, gpus: dict, capacity: dict
     in, and a block size that differs from the one the prediction used is refused.
     """
     where = "plan"
+    try:
+        spec_hash(est.spec)
+    except ValueError as e:  # NaN/Infinity in the spec: one line, not a crash while writing
+        raise InputError(f"{where}: the model spec holds a value a plan cannot store ({e})") from None
     if not isinstance(gpus, dict) or set(gpus) - {"set", "gpus"}:
         raise InputError(f"{where}: gpus must be a mapping with 'set' and 'gpus'")
     gpu_list = [dict(g) for g in gpus.get("gpus") or []]
@@ -161,7 +166,10 @@ def plan_document(est: Estimate, source: ModelSource, gpus: dict, capacity: dict
         doc["capacity"] = capacity
     if performance is not None:
         doc["performance"] = performance
-    doc["hash"] = plan_hash(doc)
+    try:
+        doc["hash"] = plan_hash(doc)
+    except (ValueError, TypeError) as e:  # NaN/Infinity in a spec or option: one line, not a crash
+        raise InputError(f"{where}: holds a value a plan cannot store ({e})") from None
     validate(doc, where)  # what we write, we can read back
     return doc
 

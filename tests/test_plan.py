@@ -315,3 +315,13 @@ def test_missing_file(tmp_path):
 def test_non_finite_capacity(plan_path):
     _rewrite(plan_path, lambda d: d.update(capacity={"max_batch": float("nan")}))
     _fails(plan_path, "field capacity.max_batch", "finite")
+
+
+def test_non_finite_spec_value_refused_when_writing():
+    import dataclasses
+
+    src = resolve("llama-2-7b")
+    est = estimate(src.spec, "fp16", "fp16", 1, 1, Workload(1, 128, 0), "runtime")
+    est = dataclasses.replace(est, spec=dataclasses.replace(src.spec, rope_theta=float("nan")))
+    with pytest.raises(InputError, match="cannot store"):
+        plan_document(est, src, GPUS)
