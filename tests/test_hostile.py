@@ -217,6 +217,46 @@ sys.exit(main(["launch", sys.argv[3]]))
 """
 
 
+_DRIVER_QUALITY = """
+import subprocess, sys
+import planner.launch as L
+child, pids = sys.argv[1], sys.argv[2]
+real = subprocess.Popen
+L.subprocess.Popen = lambda cmd, **kw: real([sys.executable, "-c", child, pids], **kw)
+L.require_runtime = lambda *a, **k: None  # the fake rank stands in for python -m runtime.eval
+from planner.cli import main
+sys.exit(main(["quality", "--model", sys.argv[3], "--weights", "fp16"]))
+"""
+
+
+def test_sigterm_to_quality_leaves_no_process(tmp_path):
+    cfg = tmp_path / "config.json"
+    src = os.path.join(REPO, "planner", "catalog", "configs")
+    cfg.write_text(open(os.path.join(src, sorted(os.listdir(src))[0])).read())
+    pids_file = str(tmp_path / "pids")
+    proc = subprocess.Popen([sys.executable, "-c", _DRIVER_QUALITY, _CHILD, pids_file, str(cfg)],
+                            cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(pids_file):
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the fake eval never started"
+            time.sleep(0.05)
+        pids = [int(x) for x in open(pids_file).read().split()]
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rc == 143 and err.strip() == "planner: stopped by SIGTERM", err
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if _alive(p)]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
