@@ -439,3 +439,30 @@ def test_sweep_size_capped():
     one_line_error(cli("sweep", "--model", "llama-3-8b", "--batch", batches), 2, "cells",
                    "more than the 1,024")
     assert time.monotonic() - t0 < 30
+
+
+def test_unreadable_folder_in_process(tmp_path, monkeypatch, capsys):
+    """As root every folder reads; the permission checks are driven through os.access instead."""
+    from planner.cli import main
+
+    (tmp_path / "config.json").write_text("{}")
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m, **k: False if os.fspath(p) == str(tmp_path)
+                        else real(p, m, **k))
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "permission denied" in err and "Traceback" not in err
+    assert main(["estimate", "--model", str(tmp_path)]) == 2
+    assert "permission denied" in capsys.readouterr().err
+
+
+def test_oserror_past_the_checks_is_one_line(tmp_path, monkeypatch, capsys):
+    import planner.inspect
+    from planner.cli import main
+
+    def boom(path):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(planner.inspect, "inspect_path", boom)
+    assert main(["inspect", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"planner: error: {tmp_path}: Permission denied\n"
