@@ -42,6 +42,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true",
                    help="run even when the prediction exceeds the free memory detected (or it "
                         "cannot be detected), and a CPU plan with more ranks than cores")
+    p.add_argument("--no-verify", action="store_true",
+                   help="trust the plan file as written: skip its hash check and the "
+                        "recomputation of its prediction (to measure an edited prediction)")
     p.add_argument("--timeout", type=seconds_arg("--timeout"), default=0,
                    help="kill every rank after this many seconds (0 = no limit)")
     p.add_argument("--dry-run", action="store_true", help="print the command(s) and exit")
@@ -112,7 +115,7 @@ def build_command(plan_path: str, ranks: int, extra: list[str]) -> list[str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     from planner.plan import load_plan
 
-    plan = load_plan(args.plan)
+    plan = load_plan(args.plan, verify=not args.no_verify)
     _check_paths(args, plan)  # in the parent, before any rank could block on a FIFO
     quality = bool(getattr(args, "eval", False) or getattr(args, "prompt", None) is not None)
     ranks = 1 if quality else plan.tp * plan.pp  # the eval runs TP 1 in one process
@@ -132,7 +135,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     for flag in ("checkpoint", "report"):
         if getattr(args, flag):
             extra += [f"--{flag}", os.path.abspath(getattr(args, flag))]
-    for flag in ("random_weights", "json", "force"):
+    for flag in ("random_weights", "json", "force", "no_verify"):
         if getattr(args, flag):
             extra.append("--" + flag.replace("_", "-"))
     extra += ["--seed", str(args.seed)]

@@ -15,7 +15,9 @@ A plan is one YAML document with ``schema: planner.plan/v1``::
     hash                                        # plan_hash of everything above
 
 Bytes are integers. ``spec_hash`` pins the spec, ``hash`` pins the whole document: a plan edited by
-hand after it was written is refused unless it is loaded with ``verify=False``. Loading never trusts
+hand after it was written is refused, and so is one whose prediction differs from the one this planner
+computes from the plan's own inputs (even with a recomputed hash), unless it is loaded with
+``verify=False``. Loading never trusts
 the file: size cap, safe YAML loader without aliases (no "billion laughs"), no duplicate or unknown
 keys, every field type-checked, and every error an InputError that names the file and the field.
 """
@@ -343,7 +345,9 @@ def _parse(path: str) -> Any:
 
 
 def load_plan(path: str, verify: bool = True) -> Plan:
-    """Read and validate a plan file. ``verify=False`` skips only the whole-document hash check."""
+    """Read and validate a plan file. ``verify=False`` trusts the file as written: it skips the
+    whole-document hash check and the recomputation of the prediction (``launch --no-verify``, for
+    measuring an edited prediction); every field is still type-checked."""
     doc = _parse(path)
     return validate(doc, path, verify)
 
@@ -615,7 +619,7 @@ def validate(doc: Any, where: str = "plan", verify: bool = True) -> Plan:
         if doc["hash"] != actual:
             raise c.fail("hash", "the plan was edited after it was written (prediction or inputs "
                                  "changed); re-plan it (planner recommend ... -o PLAN)")
-    _check_prediction(c, doc, spec, fmt, kvf, tp, pp, wl, eng, device, qlm)
+        _check_prediction(c, doc, spec, fmt, kvf, tp, pp, wl, eng, device, qlm)
 
     return Plan(doc=doc, spec=spec, weights=fmt.key, kv_cache=kvf.key, tp=tp, pp=pp, workload=wl,
                 engine=eng.name, device=device, quantize_lm_head=qlm, ranks=ranks,

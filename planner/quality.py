@@ -87,9 +87,11 @@ def cmd_quality(args: argparse.Namespace) -> int:
     for k in keys:
         weight_format(k)  # unknown keys: InputError with a suggestion
     resolve(args.checkpoint)  # a missing or unreadable checkpoint fails here, without torch
-    from planner.paths import check_input, check_output
+    from planner.paths import check_input, check_output, exists
 
     if args.eval_text is not None:
+        if not exists(args.eval_text):
+            raise InputError(f"{args.eval_text}: no such eval text file")
         check_input(args.eval_text, "file", "text file")  # a FIFO would block the runtime
     if args.tokenizer is not None:
         check_input(args.tokenizer, "file", "tokenizer file")

@@ -36,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="also write the JSON report to this path")
     p.add_argument("--force", action="store_true",
                    help="run even when the prediction exceeds the free memory detected")
-    p.add_argument("--no-verify", action="store_true", help="skip the plan's hash check")
+    p.add_argument("--no-verify", action="store_true",
+                   help="trust the plan as written: skip its hash check and the recomputation "
+                        "of its prediction")
     q = p.add_argument_group("quality (runtime.eval; one process at TP 1, no memory measurement)")
     q.add_argument("--eval", action="store_true",
                    help="measure perplexity, KL and top-1 agreement of the plan's weight format "

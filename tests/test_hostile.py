@@ -336,6 +336,14 @@ def test_edited_and_rehashed_plan_refused(odd, tmp_path, command):
     assert "--no-verify" not in line
 
 
+def test_no_verify_trusts_the_edited_plan_and_reaches_the_ranks(odd, tmp_path):
+    path = _rehashed(odd["plan"], str(tmp_path / "edited.yaml"),
+                     lambda d: d["workload"].update(batch=d["workload"]["batch"] * 64))
+    proc = cli("launch", path, "--no-verify", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "--no-verify" in proc.stdout  # the runtime's own load skips the same checks
+
+
 def test_hash_error_offers_no_missing_flag(odd, tmp_path):
     import yaml
 
