@@ -207,11 +207,15 @@ def check_model_arg(model: str) -> None:
                 raise _stat_error(path, e) from None
         return
     st = check_input(path, "any", "model file")
-    if stat.S_ISDIR(st.st_mode):
-        for name in ("config.json", "model.safetensors.index.json"):
-            inner = os.path.join(path, name)
-            if exists(inner):
-                check_input(inner, "file", name)
+    if stat.S_ISDIR(st.st_mode):  # what the loaders and the runtime's ranks will open in it
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as e:
+            raise InputError(f"{path}: cannot list this folder ({e.strerror or e})") from None
+        for name in names:
+            if name in ("config.json", "tokenizer.json") or name.endswith(
+                    (".safetensors", ".gguf", ".index.json")):
+                check_input(os.path.join(path, name), "file", name)
 
 
 def resolve_model(model: str):

@@ -116,6 +116,13 @@ def test_folder_whose_config_is_a_fifo(odd):
     one_line_error(cli("inspect", odd["fifo_cfg"]), 2, "config.json", "is a FIFO")
 
 
+def test_folder_with_a_fifo_shard(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    os.mkfifo(tmp_path / "model-00001-of-00002.safetensors")
+    for cmd in (["inspect", str(tmp_path)], ["estimate", "--model", str(tmp_path)]):
+        one_line_error(cli(*cmd), 2, "model-00001-of-00002.safetensors", "is a FIFO")
+
+
 @pytest.mark.parametrize("flag", ["--checkpoint", "--eval-text", "--tokenizer"])
 @pytest.mark.parametrize("key", ["fifo", "sock", "loop"])
 def test_launch_input_flags_checked_in_the_parent(odd, flag, key):
