@@ -199,12 +199,7 @@ def check_model_arg(model: str) -> None:
     if not isinstance(model, str) or not model.strip():
         return
     path = os.path.expanduser(model)
-    if not exists(path):
-        try:
-            os.stat(path)
-        except OSError as e:
-            if e.errno in (errno.EACCES, errno.ELOOP):
-                raise _stat_error(path, e) from None
+    if not exists(path):  # a catalog name (or a missing path: the resolver says which)
         return
     st = check_input(path, "any", "model file")
     if stat.S_ISDIR(st.st_mode):  # what the loaders and the runtime's ranks will open in it
