@@ -17,7 +17,7 @@ from planner.memory import Workload, estimate
 from planner.spec import ModelSpec, inventory, param_count
 from planner.units import fmt_count
 
-from planner_testutil import REPO
+from planner_testutil import REPO, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -262,36 +262,7 @@ def test_importing_generic_stays_light():
     assert out.stdout.strip() == "[]"
 
 
-# -- the command line ------------------------------------------------------------------------------
-
-def _routes_to_generic() -> bool:
-    import planner.sources
-
-    return "spec_from_transformers" in inspect.getsource(planner.sources)
-
-
-def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """planner's main() in process; until planner/sources.py calls generic.spec_from_transformers
-    for an unknown model_type, that fallback is patched in here."""
-    import planner.sources as sources
-    from planner.cli import main
-
-    if not _routes_to_generic():
-        parse = sources.spec_from_config
-
-        def fallback(cfg, name, where):
-            try:
-                return parse(cfg, name, where)
-            except InputError as e:
-                if "is not supported" not in str(e):
-                    raise
-                return generic.spec_from_transformers(cfg, name, where)
-
-        monkeypatch.setattr(sources, "spec_from_config", fallback)
-    rc = main(args)
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
+# -- the command line (planner/sources.py sends an unknown model_type here) -----------------------
 
 @pytest.fixture
 def olmo2_json(tmp_path) -> str:
@@ -302,24 +273,48 @@ def olmo2_json(tmp_path) -> str:
     return str(path)
 
 
-def test_cli_estimate_plans_a_generic_model(hf, olmo2_json, monkeypatch, capsys):
-    rc, out, err = _cli(["estimate", "--model", olmo2_json, "--json", "--tp", "2"],
-                        monkeypatch, capsys)
-    assert rc == 0, err
-    doc = json.loads(out)
+def test_cli_estimate_plans_a_generic_model(hf, olmo2_json):
     spec = generic.spec_from_transformers(UNKNOWN[-1], "x", "x")
+    r = run_cli("estimate", "--model", olmo2_json, "--json", "--tp", "2")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    doc = json.loads(r.stdout)
     assert doc["model"]["family"] == "generic" and doc["model"]["params"] == param_count(spec)
-    rc, out, err = _cli(["estimate", "--model", olmo2_json], monkeypatch, capsys)
-    assert rc == 0, err
-    assert out.startswith(f"tiny-olmo2 ({fmt_count(param_count(spec))} params)")
+    assert doc["precision"]["weights"] == "fp16" and doc["layout"]["tp"] == 2
+    r = run_cli("estimate", "--model", olmo2_json)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"tiny-olmo2 ({fmt_count(param_count(spec))} params)")
 
 
-def test_cli_says_the_model_is_generic_and_what_was_inferred(hf, olmo2_json, monkeypatch, capsys):
+def test_cli_says_the_model_is_generic_and_what_was_inferred(hf, olmo2_json):
     import planner.cli
 
     if "generic" not in inspect.getsource(planner.cli):
         pytest.skip("planner/cli.py does not print generic.describe(spec) yet")
-    rc, out, err = _cli(["estimate", "--model", olmo2_json], monkeypatch, capsys)
-    assert rc == 0, err
-    lines = [x for x in out.splitlines() if x.startswith("generic: ")]
+    r = run_cli("estimate", "--model", olmo2_json)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.startswith("generic: ")]
     assert len(lines) == 1 and "inferred: " in lines[0] and "TP splits" in lines[0]
+
+
+def _one_line_error(r) -> str:
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("planner: error: ") and r.stdout == ""
+    return lines[0]
+
+
+def test_cli_unknown_to_both_is_one_line(hf, tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "no_such_arch_xyz", "hidden_size": 64}))
+    line = _one_line_error(run_cli("estimate", "--model", str(path)))
+    assert "'no_such_arch_xyz' is known to neither the planner nor transformers" in line
+
+
+def test_cli_without_transformers_names_what_to_install(olmo2_json):
+    code = ("import sys; sys.modules['transformers'] = None\n"
+            "from planner.cli import main\n"
+            f"sys.exit(main(['estimate', '--model', {olmo2_json!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                       timeout=120)
+    line = _one_line_error(r)
+    assert generic.INSTALL in line and "'olmo2'" in line
