@@ -1,4 +1,4 @@
-"""What transformers itself builds from a config.json: the oracle of tests/test_oracle_transformers.py.
+"""What transformers itself builds from a config.json: the oracle of test_oracle_transformers.py.
 
 Nothing here reads the planner. Every number comes from the model transformers 5.24 builds on the
 meta device (or, for :func:`tiny_forward`, on the CPU with real weights) and from the cache classes
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG_DIRS = {"catalog": REPO / "planner" / "catalog" / "configs", "tests": REPO / "tests" / "configs"}
+CONFIG_DIRS = {"catalog": REPO / "planner" / "catalog" / "configs",
+               "tests": REPO / "tests" / "configs"}
 """Every real config.json the oracle test reads, by short folder name."""
 
 TRANSFORMERS_MODEL_TYPE = {"kimi_k2": "deepseek_v3"}
@@ -27,7 +28,7 @@ VISION_PARTS = ("vision_tower", "vision_model", "multi_modal_projector")
 
 
 def config_files() -> list[tuple[str, Path]]:
-    """(test id, path) of every stored config, sorted: ``catalog/NAME.json`` or ``tests/NAME.json``."""
+    """(test id, path) of every stored config, sorted: ``catalog/NAME.json``/``tests/NAME.json``."""
     out = []
     for short, folder in CONFIG_DIRS.items():
         for path in sorted(folder.glob("*.json")):
@@ -58,7 +59,7 @@ class LayerKV:
     kind: str
     """full / sliding / chunked, from transformers' resolved layer types."""
     window: int
-    """The cache layer's ``sliding_window`` (the chunk size on chunked layers); 0 = keeps every token."""
+    """The cache layer's ``sliding_window`` (the chunk on chunked layers); 0 = keeps every token."""
     k: int
     """Key elements per token (all KV heads)."""
     v: int
@@ -73,7 +74,7 @@ class LayerKV:
 @dataclass(frozen=True)
 class Built:
     numel: dict
-    """Name -> elements of every parameter and persistent buffer (the state dict), tied ones once."""
+    """Name -> elements of every parameter and persistent buffer (the state dict), tied once."""
     params: int
     """Unique parameters (``model.parameters()``)."""
     buffers: int
@@ -179,16 +180,29 @@ def built(path: Path) -> Built:
 _LAYER = re.compile(r"layers\.(\d+)\.([A-Za-z_]+)")
 
 
+def _part(module: str) -> str:
+    """A decoder layer's top module as one of attention / mlp / norms (names differ between
+    transformers and the published checkpoints the planner lists: post_feedforward_layernorm vs
+    post_mlp_layernorm, feed_forward vs mlp)."""
+    if "norm" in module:
+        return "norms"
+    if "attn" in module or "attention" in module:
+        return "attention"
+    if module in ("mlp", "feed_forward", "block_sparse_moe"):
+        return "mlp"
+    return module
+
+
 def coarse(names: dict) -> dict:
-    """Elements grouped so that transformers' and the planner's names meet: ('layer N', its
-    top module: self_attn / mlp / feed_forward / norms) for decoder layers, 'vision' for the tower
-    and projector, else the name without its model./language_model. prefix."""
+    """Elements grouped so that transformers' and the planner's names meet: ('layer N', attention
+    / mlp / norms) for decoder layers, 'vision' for the tower and projector, else the name without
+    its model./language_model. prefix."""
     out: dict[str, int] = {}
     for name, n in names.items():
         if any(v in name for v in VISION_PARTS) or name.startswith("vision"):
             key = "vision"
         elif m := _LAYER.search(name):
-            key = f"layer {m.group(1)} {m.group(2)}"
+            key = f"layer {m.group(1)} {_part(m.group(2))}"
         else:
             key = re.sub(r"^(model\.)?(language_model\.)?(model\.)?", "", name)
         out[key] = out.get(key, 0) + n

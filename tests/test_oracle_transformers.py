@@ -8,10 +8,10 @@ every model type, the cache a real CPU forward returns (tests/oracle_testutil.py
 the planner). Not independent: the config files themselves (the planner and transformers read the
 same file, so a wrong copy fails neither), transformers' defaults for omitted fields (whatever
 transformers does is taken as the truth), and the rule "a DynamicSlidingWindowLayer holds
-min(context, window - 1) tokens" that the full-size KV check applies -- which the tiny forward checks
-on the real engine. The count is parameters plus persistent buffers (the state dict, tied weights
-once): DeepSeek-V3's and GLM-4.5's router ``e_score_correction_bias`` is a buffer in transformers
-but a checkpoint tensor the planner must hold.
+min(context, window - 1) tokens" that the full-size KV check applies -- which the tiny forward
+checks on the real engine. The count is parameters plus persistent buffers (the state dict, tied
+weights once): DeepSeek-V3's and GLM-4.5's router ``e_score_correction_bias`` is a buffer in
+transformers but a checkpoint tensor the planner must hold.
 
 MLA (DeepSeek-V2/V3): transformers 5.24 caches the compressed latent, not per-head K and V -- one
 "key" of kv_lora_rank (normed) and one "value" of qk_rope_head_dim per token per layer
@@ -155,7 +155,8 @@ def test_mla_cache_is_the_latent(path):
     got = oracle.built(path)
     assert got.mla == {"num_heads": cfg["num_attention_heads"], "kv_lora_rank": cfg["kv_lora_rank"],
                        "qk_rope_head_dim": cfg["qk_rope_head_dim"]}
-    assert {(lay.k, lay.v) for lay in got.layers} == {(cfg["kv_lora_rank"], cfg["qk_rope_head_dim"])}
+    latent = (cfg["kv_lora_rank"], cfg["qk_rope_head_dim"])
+    assert {(lay.k, lay.v) for lay in got.layers} == {latent}
     spec = _spec(path)
     assert _planner_kv(spec, 4096)["bytes_per_token_per_layer"] == 2 * (
         spec.kv_lora_rank + spec.qk_rope_dim)
@@ -163,23 +164,35 @@ def test_mla_cache_is_the_latent(path):
 
 # -- 3. a real forward of a tiny model of every type -----------------------------------------------
 
+VARIANTS = {
+    "mistral-all-sliding": ("tests", "mistralai--Mistral-7B-Instruct-v0.3.json",
+                            {"sliding_window": 4096}),
+    "qwen2-sliding-above-max-window-layers": ("catalog", "Qwen--Qwen2.5-7B.json",
+                                              {"use_sliding_window": True, "max_window_layers": 2}),
+}
+"""Published configs with one feature switched on that other checkpoints of the family use
+(Mistral-7B-v0.1 slides on every layer with a 4096 window; Qwen2 slides on the layers from
+max_window_layers on when use_sliding_window is set): the tiny forward then shows the real cache."""
+
+
+def _variant(key: str) -> dict:
+    short, name, change = VARIANTS[key]
+    return {**oracle.load(oracle.CONFIG_DIRS[short] / name), **change}
+
+
 @pytest.fixture(scope="module")
 def tiny_runs():
     cache: dict = {}
 
-    def run(path):
-        if path not in cache:
-            cache[path] = oracle.tiny_forward(oracle.load(path))
-        return cache[path]
+    def run(key, cfg=None):
+        if key not in cache:
+            cache[key] = oracle.tiny_forward(oracle.load(key) if cfg is None else cfg)
+        return cache[key]
 
     return run
 
 
-@pytest.mark.parametrize("path", _tiny_cases({}))
-def test_tiny_forward_cache_holds_window_minus_one(path, tiny_runs):
-    """transformers only: the cache a real forward returns holds every token on full layers and
-    window - 1 on sliding and chunked ones, and is as wide as the modules' weights say."""
-    got, layers = tiny_runs(path)
+def _check_real_cache(got, layers):
     n = oracle.TINY_TOKENS
     assert len(got) == len(layers)
     for i, (real, lay) in enumerate(zip(got, layers)):
@@ -188,13 +201,9 @@ def test_tiny_forward_cache_holds_window_minus_one(path, tiny_runs):
         assert real.tokens == want == lay.tokens_held(n), f"layer {i} ({lay.kind})"
 
 
-@pytest.mark.parametrize("path", _tiny_cases(TINY_GAPS))
-def test_tiny_forward_cache_equals_planner(path, tiny_runs):
-    """The planner's transformers engine, on the same tiny config, against the real cache."""
-    got, layers = tiny_runs(path)
-    spec = _spec(path, oracle.tiny_config(oracle.load(path)))
-    n = oracle.TINY_TOKENS
-    kv = _planner_kv(spec, n)
+def _check_planner(cfg, got, layers):
+    spec = spec_from_config(oracle.tiny_config(cfg), "tiny", "tiny config")
+    kv = _planner_kv(spec, oracle.TINY_TOKENS)
     assert spec.layers == len(got)
     assert [spec.layer_kind(i) for i in range(spec.layers)] == [lay.kind for lay in layers]
     per_layer = [kv["by_kind"][spec.layer_kind(i)]["tokens_per_sequence"]
@@ -202,3 +211,25 @@ def test_tiny_forward_cache_equals_planner(path, tiny_runs):
     assert per_layer == [real.tokens for real in got]
     assert {2 * (real.k + real.v) for real in got} == {kv["bytes_per_token_per_layer"]}
     assert kv["bytes"] == sum(2 * (real.k + real.v) * real.tokens for real in got)
+
+
+@pytest.mark.parametrize("path", _tiny_cases({}))
+def test_tiny_forward_cache_holds_window_minus_one(path, tiny_runs):
+    """transformers only: the cache a real forward returns holds every token on full layers and
+    window - 1 on sliding and chunked ones, and is as wide as the modules' weights say."""
+    _check_real_cache(*tiny_runs(path))
+
+
+@pytest.mark.parametrize("path", _tiny_cases(TINY_GAPS))
+def test_tiny_forward_cache_equals_planner(path, tiny_runs):
+    """The planner's transformers engine, on the same tiny config, against the real cache."""
+    _check_planner(oracle.load(path), *tiny_runs(path))
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_tiny_variant_cache_equals_planner(key, tiny_runs):
+    cfg = _variant(key)
+    got, layers = tiny_runs(key, cfg)
+    _check_real_cache(got, layers)
+    assert {lay.kind for lay in layers} >= {"sliding"}
+    _check_planner(cfg, got, layers)
