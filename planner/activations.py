@@ -249,15 +249,21 @@ def _attention(w: _Walk, base: dict, kind: str, window: int, rope: bool) -> None
     else:
         n = min(w.s_kv, window) if window else w.s_kv
         n_kv = seqs * kv_r * n  # cached vectors read (per K or V)
-        if kvf.key == w.act_key:
-            read = {}
-        elif kvf.key == "int4":
-            read = {"k": n_kv * hd * a, "v": n_kv * hd * a, "scales": 2 * n_kv * a,
-                    "unpack": n_kv * (hd + 1) // 2 * 2 + n_kv * hd}
-        else:
-            read = {"k": n_kv * hd * a, "v": n_kv * hd * a,
-                    "scales": 2 * n_kv * a if kvf.scale_bytes else 0}
-        kv_live = {f"kv_{k}": v for k, v in read.items()}
+        kv_live = {} if kvf.key == w.act_key else {"kv_k": n_kv * hd * a, "kv_v": n_kv * hd * a}
+        # KVCache.read, K then V: the scale cast to the activation dtype [.., n, 1]; int4 the low
+        # and high nibbles, their stack [.., n, hd] (u8), its cast. Each scale lives until the
+        # next one replaces it; nothing but K and V outlives the read.
+        sc = n_kv * a
+        if kvf.key == "int4":
+            half = n_kv * ((hd + 1) // 2)
+            live_k = {**base, "q": Q, "kv_k": n_kv * hd * a}
+            w.at("attn.kv_unpack", {**live_k, "kv_scale": sc, "kv_nibbles": 2 * half,
+                                    "kv_stack": n_kv * hd})
+            w.at("attn.kv_read", {**live_k, "kv_scale": sc, "kv_stack": n_kv * hd,
+                                  "kv_v": n_kv * hd * a})
+        elif kvf.scale_bytes:
+            w.at("attn.kv_read", {**base, "q": Q, "kv_k": n_kv * hd * a, "kv_scales": 2 * sc})
+            w.at("attn.kv_read_v", {**base, "q": Q, **kv_live, "kv_scale": sc})
         if eager and s_q > 1:
             mask = w.mask({**base, "q": Q, **kv_live}, "full", n)
     live = {**base, "q": Q, **kv_live, **mask}

@@ -105,7 +105,12 @@ _PROFILES = {p.name: p for p in [
         description="this project's runtime (planner launch): SDPA attention, contiguous KV cache "
                     "allocated up front, last-position logits, Triton fused int8/int4 kernels",
         attention="sdpa", repeat_kv=False, logits_all_positions=False, prefill_chunk_tokens=0,
-        profile_tokens=0, profile_seqs=0, kv_block_tokens=0, sliding_window_cache=True,
+        profile_tokens=0, profile_seqs=0, kv_block_tokens=0,
+        # runtime/model.py KVCache: sliding and chunked layers keep a ring buffer of exactly
+        # min(context, window) tokens (window_extra_tokens 0), also when every layer slides.
+        # Attention softcapping and sinks run on explicit scores (planner/activations.py walks
+        # them); fused_softcap only steers the phase model, which this profile does not use.
+        sliding_window_cache=True,
         # Vocab-parallel embedding: rows padded to a multiple of TP only.
         vocab_pad_multiple=1, supports_tp=True,
         weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "fp8", "int8", "int4"),

@@ -9,13 +9,18 @@ the quantized roles as it goes, so the fp32 model never exists at once.
 Every transient tensor of the forward pass is written to be predictable: norms through the fused
 ``F.rms_norm`` / ``F.layer_norm``, RoPE and activations in place, residual adds in place, logits only
 for the last position with a vocab-parallel argmax (no gathered logits). ``planner.memory``'s
-``runtime`` activation model mirrors this file step by step; change both together.
+``runtime`` activation model (planner/activations.py) mirrors this file step by step; change both
+together.
 
-Families built: llama, mistral, qwen2, phi3 (RMSNorm, SwiGLU, RoPE, GQA, QKV biases), opt, gpt2
-(LayerNorm, learned positions, biases, plain MLP), mixtral (MoE, top-k routing), falcon (parallel
-attention + MLP, one or two input norms, GQA/MQA), bloom (ALiBi, LayerNorm after the embedding) and glm
-(GLM-130B-style GeGLU, pre-LN here; see runtime/NOTES.md) and deepseek_v3 (MLA attention with a
-cached latent, sigmoid-routed MoE with shared experts, dense leading layers; see runtime/NOTES.md).
+There is no family list: every structural difference is a ModelSpec feature field built by the
+one generic block (``check_buildable`` refuses what is not, by name). Built: RMSNorm / LayerNorm
+(Gemma's (1 + w) stored as such), SwiGLU / GeGLU / plain MLPs, RoPE or NoPE per layer, learned
+positions, ALiBi, GQA/MQA, biases on q/k/v/o, MLP, experts, router and LM head, per-head QK-norm
+(RMS with weights, weightless L2), sequential, parallel (one or two norms) and sandwich-normed
+blocks, full, sliding-window and chunked attention (the windowed layers' KV cache a ring buffer of
+the window), attention softcapping and sinks (explicit scores), final-logit softcapping, embedding
+scale, MoE with softmax / softmax-over-top-k / sigmoid routing, interleaved and dense-only layers
+and shared experts, MLA (with or without a query LoRA). See runtime/NOTES.md.
 """
 
 from __future__ import annotations

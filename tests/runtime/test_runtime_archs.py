@@ -135,27 +135,41 @@ def test_cached_decode_past_the_window_equals_recompute(spec):
 
 # -- CPU launches: predicted vs measured ------------------------------------------------------------
 
-LAUNCHES = [(s, "bf16") for s in SPECS] + [(GEMMA2, "fp16"), (GPT_OSS, "int8"), (LLAMA4, "int8")]
+LAUNCHES = ([(s, "bf16", "fp16", 1) for s in SPECS]
+            + [(GEMMA2, "fp16", "fp16", 1), (GPT_OSS, "int8", "fp16", 1),
+               (LLAMA4, "int8", "fp16", 1), (GEMMA3, "bf16", "int8", 1),
+               (GPT_OSS, "bf16", "int4", 2), (LLAMA4, "bf16", "fp16", 2)])
 
 
-def launch_archs(tmp_path, spec, weights, kv="fp16", batch=2, prompt=24, new=8):
-    """Launch one plan (context 32: four windows, two chunks) and return (prediction, measured)
-    per line item of rank 0."""
-    plan = tmp_path / f"{spec.name}-{weights}-{kv}.yaml"
-    doc = make_plan(str(plan), spec, weights, kv, 1, batch, prompt, new)
+def launch_archs(tmp_path, spec, weights, kv="fp16", tp=1, batch=2, prompt=24, new=8):
+    """Launch one plan (context 32: four windows, two chunks) and return the prediction and the
+    report's ranks."""
+    plan = tmp_path / f"{spec.name}-{weights}-{kv}-tp{tp}.yaml"
+    doc = make_plan(str(plan), spec, weights, kv, tp, batch, prompt, new)
     proc = launch(str(plan), "--json")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-2000:]
     rep = report_of(proc)
-    assert rep["ok"]
-    pred = doc["prediction"]["ranks"][0]
-    return pred, rep["ranks"][0]["lines"]
+    assert rep["ok"] and len(rep["ranks"]) == tp
+    return doc["prediction"]["ranks"], rep["ranks"]
 
 
-@pytest.mark.parametrize("spec,weights", LAUNCHES, ids=[f"{s.name}-{w}" for s, w in LAUNCHES])
-def test_measured_equals_predicted(tmp_path, spec, weights):
-    pred, lines = launch_archs(tmp_path, spec, weights)
-    b = pred["bytes"]
-    assert lines["weights"]["measured"] == b["weights"]
-    assert lines["kv_cache"]["measured"] == b["kv_cache"]
-    act = lines["activations"]["measured"]
-    assert abs(act - b["activations"]) <= 0.05 * b["activations"], (act, b["activations"])
+@pytest.mark.parametrize("spec,weights,kv,tp", LAUNCHES,
+                         ids=[f"{s.name}-{w}-kv{k}-tp{t}" for s, w, k, t in LAUNCHES])
+def test_measured_equals_predicted(tmp_path, spec, weights, kv, tp):
+    pred, ranks = launch_archs(tmp_path, spec, weights, kv, tp)
+    for r in ranks:
+        b, lines = pred[r["rank"]]["bytes"], r["lines"]
+        assert lines["weights"]["measured"] == b["weights"]
+        assert lines["kv_cache"]["measured"] == b["kv_cache"]
+        act = lines["activations"]["measured"]
+        assert abs(act - b["activations"]) <= 0.05 * b["activations"], (act, b["activations"])
+
+
+def test_kv_cache_is_the_window_not_the_context():
+    """The runtime profile holds min(context, window) tokens on sliding / chunked layers."""
+    from planner.memory import Workload, estimate
+    for spec in (GEMMA2, GEMMA3, GPT_OSS, LLAMA4):
+        for ctx in (6, 32, 4096):
+            pred = estimate(spec, "bf16", "fp16", 1, 1, Workload(2, ctx, 0), "runtime",
+                            device="cpu").ranks[0].kv_cache
+            assert KVCache(spec, "fp16", 1, 2, ctx, torch.device("meta")).nbytes == pred
