@@ -179,6 +179,11 @@ def render_estimate(est) -> str:
     total_all = sum(r.total for r in est.ranks)
     notes.append(f"all {len(est.ranks)} rank(s): {fmt_bytes(total_all)} "
                  f"({total_all:,} bytes; weights {sum(r.weights for r in est.ranks):,} bytes)")
+    from planner import generic
+
+    line = generic.describe(est.spec)
+    if line:
+        notes.append(line)
     notes += [f"warning: {x}" for x in est.warnings]
     return head + "\n" + table + "\n\n" + "\n".join(notes)
 

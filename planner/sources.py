@@ -318,7 +318,8 @@ def _llama_like(cfg: dict, mt: str, where: str, d: dict[str, Any]) -> None:
         d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
                  expert_ffn=g("intermediate_size"))
     elif mt == "qwen3_moe":
-        d.update(experts=g("num_experts"), experts_per_token=g("num_experts_per_tok"),
+        d.update(experts=g("num_experts", "num_local_experts"),
+                 experts_per_token=g("num_experts_per_tok"),
                  expert_ffn=g("moe_intermediate_size"),
                  moe_step=_int(cfg, where, "decoder_sparse_step", g("decoder_sparse_step")),
                  mlp_only_layers=_int_list(cfg, where, "mlp_only_layers"))

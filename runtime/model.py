@@ -57,6 +57,10 @@ def unbuilt_features(spec: ModelSpec) -> list[str]:
 
 def check_buildable(spec: ModelSpec, context: int, pp: int = 1) -> None:
     """Raise RuntimeError_ naming why the runtime cannot build this spec."""
+    if spec.tensors:
+        raise RuntimeError_(f"{spec.name}: a generic spec (an architecture known only to "
+                            "transformers) is planned, not built by the runtime; export it to "
+                            "an engine instead")
     missing = unbuilt_features(spec)
     if missing:
         f = missing[0]

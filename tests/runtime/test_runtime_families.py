@@ -34,15 +34,6 @@ def test_inventory_equals_meta_model(spec):
     assert sum(torch.Size(s).numel() for s in got.values()) == param_count(spec)
 
 
-def test_mla_and_shared_experts_only_for_deepseek_v3():
-    """MLA / shared experts are built for deepseek_v3 (tests/runtime/test_runtime_mla.py); another
-    family's spec carrying them is refused, not approximated."""
-    from dataclasses import replace
-    from runtime_testutil import DEEPSEEK
-    with pytest.raises(RuntimeError_, match="deepseek_v3 family only"):
-        check_buildable(replace(DEEPSEEK, family="mixtral"), 128)
-
-
 # -- CPU launches: predicted vs measured --------------------------------------------------------
 
 CASES = [(s, w, t) for s in (FALCON, BLOOM, GLM)
