@@ -13,6 +13,8 @@ the only tensors live across sub-blocks, so the step's peak is the largest momen
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
 
 from planner.precision import QUANTIZED_ROLES, KVFormat, WeightFormat
@@ -159,7 +161,20 @@ def runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, d
                             quantize_lm_head: bool, tp: int, T: int, seqs: int, s_q: int,
                             s_kv: int, vocab_pad: int, has_lm_head: bool,
                             has_layers: bool) -> tuple[int, dict[str, int]]:
-    """Peak transient bytes of one forward step of the runtime on one rank, and its parts."""
+    """Peak transient bytes of one forward step of the runtime on one rank, and its parts.
+
+    Memoised: a search evaluates the same stage shape for many candidates (identical stages,
+    capacity probes); callers get their own copy of the parts."""
+    peak, parts = _runtime_activation_peak(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs,
+                                           s_q, s_kv, vocab_pad, has_lm_head, has_layers)
+    return peak, dict(parts)
+
+
+@functools.lru_cache(maxsize=8192)
+def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, device: str,
+                             quantize_lm_head: bool, tp: int, T: int, seqs: int, s_q: int,
+                             s_kv: int, vocab_pad: int, has_lm_head: bool,
+                             has_layers: bool) -> tuple[int, dict[str, int]]:
     w = _Walk(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs, s_q, s_kv)
     a, h = w.a, spec.hidden
     H = T * h * a

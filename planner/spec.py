@@ -239,7 +239,8 @@ class ModelSpec:
 
     def moe_layer_count(self, lo: int = 0, hi: int | None = None) -> int:
         """MoE layers among lo..hi-1 (all layers by default)."""
-        return sum(self.is_moe_layer(i) for i in range(lo, self.layers if hi is None else hi))
+        prefix = _moe_prefix(self)
+        return prefix[self.layers if hi is None else hi] - prefix[lo]
 
     def layer_kind(self, i: int) -> str:
         """Attention kind of layer i (LAYER_KINDS)."""
@@ -386,6 +387,15 @@ class ModelSpec:
         if self.moe and moe_layers * self.experts > MAX_EXPERT_FFNS:
             raise InputError(f"{where}: {moe_layers} MoE layers x {self.experts} experts is "
                              f"implausibly large (more than {MAX_EXPERT_FFNS} expert FFNs)")
+
+
+@functools.lru_cache(maxsize=256)
+def _moe_prefix(spec: ModelSpec) -> tuple[int, ...]:
+    """prefix[i] = MoE layers among 0..i-1 (the search asks for stage counts many times)."""
+    out = [0]
+    for i in range(spec.layers):
+        out.append(out[-1] + spec.is_moe_layer(i))
+    return tuple(out)
 
 
 def _coerce(value: Any, ftype: Any, where: str) -> Any:
