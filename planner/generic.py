@@ -356,6 +356,8 @@ def _spec_from_model(model, tc, published: str, torch, version: str, mt: str, na
     act = _first(tc, ("hidden_activation", "hidden_act", "activation_function"))
     act = act if isinstance(act, str) else ""
     d["activation"] = _ACTIVATIONS.get(act, "gelu" if act.startswith("gelu") else "silu")
+    if act == "gelu":  # transformers' ACT2FN "gelu" is the exact erf form; gelu_new/_pytorch_tanh not
+        d["gelu_approx"] = "none"
     d["norm"] = ("layernorm" if any(t.role == "norm" and t.name.endswith(".bias") for t in tensors)
                  else "rmsnorm")
     d["qkv_bias"] = any(t.role == "bias" and t.split in ("column", "kv") and

@@ -445,7 +445,7 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
             raise InputError(f"{where}: Falcon with ALiBi is not supported")
         d.update(family="falcon", layers=g("num_hidden_layers", "n_layer"), hidden=h, heads=heads,
                  kv_heads=kv, ffn=cfg.get("ffn_hidden_size") or 4 * h, vocab=g("vocab_size"),
-                 gated_ffn=False, activation="gelu", norm="layernorm",
+                 gated_ffn=False, activation="gelu", gelu_approx="none", norm="layernorm",
                  tied_embeddings=b("tie_word_embeddings", True),
                  qkv_bias=bias, o_bias=bias, mlp_bias=bias, parallel_attn=True,
                  parallel_norms=2 if (new_arch and cfg.get("num_ln_in_parallel_attn", 2) == 2) else 1,
@@ -454,8 +454,9 @@ def spec_from_config(cfg: dict, name: str, where: str) -> ModelSpec:
     elif mt == "glm":
         d.update(family="glm", layers=g("num_layers"), hidden=g("hidden_size"),
                  heads=g("num_attention_heads"), ffn=g("inner_hidden_size"), vocab=g("vocab_size"),
-                 activation="gelu", norm="layernorm", tied_embeddings=True, qkv_bias=True,
-                 o_bias=True, mlp_bias=True, max_context=cfg.get("max_sequence_length") or 2048)
+                 activation="gelu", gelu_approx="none", norm="layernorm", tied_embeddings=True,
+                 qkv_bias=True, o_bias=True, mlp_bias=True,
+                 max_context=cfg.get("max_sequence_length") or 2048)
     return ModelSpec.from_dict(d, where)
 
 

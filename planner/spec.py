@@ -110,6 +110,10 @@ class ModelSpec:
     """SwiGLU/GeGLU (gate, up, down) or plain MLP (up, down)."""
     activation: str = "silu"
     """FFN activation: silu, gelu, relu."""
+    gelu_approx: str = "tanh"
+    """Which GELU a gelu activation is, as torch's F.gelu ``approximate`` names it: "tanh" (GPT-2's
+    gelu_new, BLOOM, Gemma's gelu_pytorch_tanh) or "none", the exact erf form (Falcon's nn.GELU(),
+    GLM-130B's F.gelu). Memory-neutral, needed for real outputs."""
     tied_embeddings: bool = False
     """LM head shares the input embedding matrix."""
     norm: str = "rmsnorm"
@@ -344,6 +348,8 @@ class ModelSpec:
             raise InputError(f"{where}: norm must be rmsnorm or layernorm, got {self.norm!r}")
         if self.activation not in ("silu", "gelu", "relu"):
             raise InputError(f"{where}: activation must be silu, gelu or relu")
+        if self.gelu_approx not in ("tanh", "none"):
+            raise InputError(f"{where}: gelu_approx must be tanh or none, got {self.gelu_approx!r}")
         if self.moe and not (0 < self.experts_per_token <= self.experts):
             raise InputError(f"{where}: experts per token ({self.experts_per_token}) must be in "
                              f"1..experts ({self.experts})")

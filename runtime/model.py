@@ -473,8 +473,7 @@ class MLP(nn.Module):
         h, t = spec.hidden, lay.tp
         bias = spec.mlp_bias if bias is None else bias
         self.gated, self.act = spec.gated_ffn, spec.activation
-        # Falcon (nn.GELU()) and GLM-130B (F.gelu) use the exact GELU; GPT-2 and BLOOM the tanh one
-        self.approx = "none" if spec.family in ("falcon", "glm") else "tanh"
+        self.approx = spec.gelu_approx
         if self.gated:
             self.gate_proj = Linear(width // t, h, bias, "column", role, lay)
         self.up_proj = Linear(width // t, h, bias, "column", role, lay)

@@ -72,13 +72,13 @@ def report_of(proc: subprocess.CompletedProcess) -> dict:
 # Families added with parallel attention, ALiBi and GeGLU (tests/runtime/test_runtime_families.py).
 FALCON = ModelSpec(name="tiny-falcon", family="falcon", layers=2, hidden=256, heads=8, kv_heads=2,
                    head_dim=32, ffn=1024, vocab=1000, gated_ffn=False, activation="gelu",
-                   tied_embeddings=False, norm="layernorm", parallel_attn=True, parallel_norms=2,
+                   gelu_approx="none", tied_embeddings=False, norm="layernorm", parallel_attn=True, parallel_norms=2,
                    rope_theta=10000.0, max_context=2048)
 """Falcon-40B/180B style: ln_attn and ln_mlp, GQA, no biases, separate LM head."""
 FALCON_MQA = ModelSpec(name="tiny-falcon-mqa", family="falcon", layers=2, hidden=256, heads=8,
                        kv_heads=1, head_dim=32, ffn=1024, vocab=1000, gated_ffn=False,
-                       activation="gelu", tied_embeddings=True, norm="layernorm",
-                       parallel_attn=True, parallel_norms=1, rope_theta=10000.0, max_context=2048)
+                       activation="gelu", gelu_approx="none", tied_embeddings=True,
+                       norm="layernorm", parallel_attn=True, parallel_norms=1, rope_theta=10000.0, max_context=2048)
 """Falcon-7B style: one shared input norm, multi-query attention, tied embeddings."""
 BLOOM = ModelSpec(name="tiny-bloom", family="bloom", layers=2, hidden=256, heads=8, kv_heads=8,
                   head_dim=32, ffn=1024, vocab=1000, gated_ffn=False, activation="gelu",
@@ -86,7 +86,7 @@ BLOOM = ModelSpec(name="tiny-bloom", family="bloom", layers=2, hidden=256, heads
                   mlp_bias=True, embed_norm=True, alibi=True, max_context=2048)
 GLM = ModelSpec(name="tiny-glm", family="glm", layers=2, hidden=256, heads=8, kv_heads=8,
                 head_dim=32, ffn=512, vocab=1000, gated_ffn=True, activation="gelu",
-                tied_embeddings=True, norm="layernorm", qkv_bias=True, o_bias=True, mlp_bias=True,
+                gelu_approx="none", tied_embeddings=True, norm="layernorm", qkv_bias=True, o_bias=True, mlp_bias=True,
                 rope_theta=10000.0, max_context=2048)
 
 # DeepSeek-V3 style (tests/runtime/test_runtime_mla.py): MLA attention (q and kv low-rank, a cached
