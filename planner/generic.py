@@ -551,8 +551,9 @@ def _check_blocks(spec: ModelSpec, where: str) -> None:
 
 
 def inferred(spec: ModelSpec) -> list[str]:
-    """What a generic spec's planning inferred rather than read (empty for other families)."""
-    if spec.family != "generic" or "; inferred: " not in spec.source:
+    """What a generic spec's planning inferred rather than read (empty for a spec without an
+    explicit inventory)."""
+    if not spec.tensors or "; inferred: " not in spec.source:
         return []
     return spec.source.split("; inferred: ", 1)[1].split("; ")
 
