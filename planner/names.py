@@ -176,12 +176,6 @@ def _text_name(name: str, family: str = "") -> str:
     return name
 
 
-MTP_FAMILIES = ("deepseek_v3", "deepseek_v2", "glm4_moe")
-"""Families whose checkpoints carry multi-token-prediction layers after the last decoder layer
-(DeepSeek-V3 num_nextn_predict_layers, GLM-4.5 ``model.layers.{L}``; GGUF ``blk.N.nextn.*``):
-not part of the planned model (spec.layers excludes them)."""
-
-
 GGUF_BUFFERS = re.compile(r"^(rope_freqs|rope_factors_long|rope_factors_short)\.weight$"
                           r"|^blk\.\d+\.attn_rot_embd\.weight$")
 """GGUF tensors llama.cpp computes from the config (Llama 3.1 / Phi-3 rotary frequency factors), not
@@ -189,22 +183,26 @@ model parameters."""
 
 
 def ignored(spec: ModelSpec, name: str, fmt: str) -> str | None:
-    """Why a checkpoint tensor belongs to no inventory tensor: 'buffer', 'mtp' (a
-    multi-token-prediction layer, MTP_FAMILIES), or None."""
+    """Why a checkpoint tensor belongs to no inventory tensor: 'buffer', 'mtp' (one of the
+    spec's mtp_layers after the last block, or GGUF's ``blk.N.nextn.*``), or None."""
     if fmt == "gguf":
         if GGUF_BUFFERS.search(name):
             return "buffer"
         m = _BLK.match(name)
-        if m and (m.group(2).startswith("nextn.")
-                  or spec.family in MTP_FAMILIES and int(m.group(1)) >= spec.layers):
+        if m and (m.group(2).startswith("nextn.") or _mtp(spec, m.group(1))):
             return "mtp"
         return None
     if BUFFERS.search(name):
         return "buffer"
     m = _LAYER.match(_text_name(name))
-    if m and spec.family in MTP_FAMILIES and int(m.group(1)) >= spec.layers:
+    if m and _mtp(spec, m.group(1)):
         return "mtp"
     return None
+
+
+def _mtp(spec: ModelSpec, index: str) -> bool:
+    """Layer ``index`` is one of the spec's multi-token-prediction layers."""
+    return spec.layers <= int(index) < spec.layers + spec.mtp_layers
 
 
 # -- Hugging Face conventions ----------------------------------------------------------------

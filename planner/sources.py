@@ -345,7 +345,8 @@ def _llama_like(cfg: dict, mt: str, where: str, d: dict[str, Any]) -> None:
         d.update(experts=g("n_routed_experts"), experts_per_token=g("num_experts_per_tok"),
                  shared_experts=g("n_shared_experts", default=0, required=False),
                  expert_ffn=g("moe_intermediate_size"),
-                 dense_layers=g("first_k_dense_replace", default=0, required=False))
+                 dense_layers=g("first_k_dense_replace", default=0, required=False),
+                 mtp_layers=g("num_nextn_predict_layers", default=0, required=False))
         if mt == "glm4_moe" or cfg.get("topk_method", "noaux_tc") == "noaux_tc":
             d["router_bias"] = True  # mlp.gate.e_score_correction_bias
         if mt == "glm4_moe" or cfg.get("scoring_func", "softmax" if mt == "deepseek_v2"

@@ -93,7 +93,7 @@ class ModelSpec:
     family: str
     """Architecture family: one of FAMILIES."""
     layers: int
-    """Number of transformer blocks (excluding DeepSeek's multi-token-prediction layers)."""
+    """Number of transformer blocks (excluding the multi-token-prediction layers, mtp_layers)."""
     hidden: int
     """Hidden size (model width)."""
     heads: int
@@ -198,6 +198,10 @@ class ModelSpec:
     """MLA: per-head (and shared key) rotary dimension."""
     v_head_dim: int = 0
     """MLA: per-head value dimension."""
+    mtp_layers: int = 0
+    """Multi-token-prediction layers a checkpoint stores after the last block, as
+    ``model.layers.{layers}`` ... (DeepSeek-V3, GLM-4.5 ``num_nextn_predict_layers``): not part of
+    the planned model (engines run them only for speculative decoding); inspect excludes them."""
     max_context: int = 2048
     """Longest context the model supports (max_position_embeddings)."""
     rope_theta: float = 0.0
@@ -348,6 +352,8 @@ class ModelSpec:
             raise InputError(f"{where}: norm must be rmsnorm or layernorm, got {self.norm!r}")
         if self.activation not in ("silu", "gelu", "relu"):
             raise InputError(f"{where}: activation must be silu, gelu or relu")
+        if self.mtp_layers < 0:
+            raise InputError(f"{where}: mtp_layers must be >= 0, got {self.mtp_layers}")
         if self.gelu_approx not in ("tanh", "none"):
             raise InputError(f"{where}: gelu_approx must be tanh or none, got {self.gelu_approx!r}")
         if self.moe and not (0 < self.experts_per_token <= self.experts):

@@ -403,7 +403,10 @@ def test_mtp_layers_and_buffers_are_excluded_not_mismatched(tmp_path_factory):
     """DeepSeek-V3 / GLM-4.5 multi-token-prediction layers (model.layers.{L}) and GGUF rotary
     factor tables are counted as excluded; the same index in a family without MTP is a mismatch."""
     spec = built("glm4_moe", tmp_path_factory)[2]
+    assert spec.mtp_layers == 1  # transformers' Glm4MoeConfig num_nextn_predict_layers
     assert names.ignored(spec, f"model.layers.{spec.layers}.eh_proj.weight", "safetensors") == "mtp"
+    past = f"model.layers.{spec.layers + spec.mtp_layers}.eh_proj.weight"
+    assert names.ignored(spec, past, "safetensors") is None
     assert names.ignored(spec, f"blk.{spec.layers - 1}.nextn.eh_proj.weight", "gguf") == "mtp"
     assert names.ignored(spec, "rope_freqs.weight", "gguf") == "buffer"
     qwen = built("qwen3", tmp_path_factory)[2]
