@@ -38,6 +38,7 @@ import struct
 from dataclasses import dataclass
 
 from planner.errors import InputError
+from planner.units import as_int
 
 __all__ = [
     "Checkpoint",
@@ -110,15 +111,9 @@ class Checkpoint:
     def declared_total_size(self) -> int | None:
         """A sharded index's ``metadata.total_size`` as an int, if present and numeric (informational)."""
         v = self.metadata.get("total_size") if self.format == "safetensors-sharded" else None
-        if isinstance(v, bool):
-            return None
-        if isinstance(v, int):
-            return v
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
         if isinstance(v, str) and v.strip().isdigit():
             return int(v.strip())
-        return None
+        return as_int(v)
 
     def tensor(self, name: str) -> CheckpointTensor:
         """The tensor called ``name``; KeyError if absent."""

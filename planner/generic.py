@@ -25,6 +25,7 @@ from typing import Any
 
 from planner.errors import InputError
 from planner.spec import MAX_EXPERT_FFNS, ModelSpec, Tensor
+from planner.units import as_int
 
 INSTALL = "pip install transformers torch"
 """What to install to plan an architecture only transformers knows."""
@@ -77,12 +78,8 @@ def _first(obj: Any, keys: tuple[str, ...]) -> Any:
 
 def _int(v: Any) -> int | None:
     """An integer config value; a per-layer list counts as its largest entry (Gemma 3n widths)."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
+    if as_int(v) is not None:
+        return as_int(v)
     if isinstance(v, (list, tuple)) and v and len(v) <= 1 << 16:
         items = [_int(x) for x in v]
         return max(items) if all(x is not None for x in items) else None

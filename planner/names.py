@@ -317,24 +317,22 @@ def _hf_mixtral(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
     return _one(f"model.layers.{i}.{rest}")
 
 
-def _hf_phi3(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
+def _hf_gate_up(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
+    """A fused mlp.gate_up_proj, rows [gate; up] (chunk(2): gate first): transformers' GLM-4
+    (glm, glm4) and Phi-3."""
     p = f"model.layers.{i}."
+    m = re.match(r"^mlp\.gate_up_proj\.(weight|bias)$", rest)
+    if m:
+        return _rows(spec, p, m.group(1), _gate_up_rows(spec.ffn))
+    return _one(p + rest)
+
+
+def _hf_phi3(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
+    """Phi-3: a fused self_attn.qkv_proj, rows [q; k; v], and the fused gate_up_proj."""
     m = re.match(r"^self_attn\.qkv_proj\.(weight|bias)$", rest)
     if m:
-        return _rows(spec, p, m.group(1), _qkv_rows(spec))
-    m = re.match(r"^mlp\.gate_up_proj\.(weight|bias)$", rest)
-    if m:
-        return _rows(spec, p, m.group(1), _gate_up_rows(spec.ffn))
-    return _one(p + rest)
-
-
-def _hf_glm4(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
-    """transformers GLM-4 (glm, glm4): mlp.gate_up_proj rows [gate; up] (chunk(2): gate first)."""
-    p = f"model.layers.{i}."
-    m = re.match(r"^mlp\.gate_up_proj\.(weight|bias)$", rest)
-    if m:
-        return _rows(spec, p, m.group(1), _gate_up_rows(spec.ffn))
-    return _one(p + rest)
+        return _rows(spec, f"model.layers.{i}.", m.group(1), _qkv_rows(spec))
+    return _hf_gate_up(spec, i, rest)
 
 
 def _hf_gpt_oss(spec: ModelSpec, i: str, rest: str) -> tuple[Piece, ...]:
@@ -492,7 +490,7 @@ def _hf_glm130b(spec: ModelSpec, name: str) -> tuple[Piece, ...]:
 
 
 _HF_LAYER_RULES = {"llama": _hf_llama, "gemma": _hf_gemma, "mixtral": _hf_mixtral,
-                   "phi3": _hf_phi3, "glm4": _hf_glm4, "gpt_oss": _hf_gpt_oss,
+                   "phi3": _hf_phi3, "glm4": _hf_gate_up, "gpt_oss": _hf_gpt_oss,
                    "llama4": _hf_llama4, "deepseek": _hf_deepseek}
 _HF_WHOLE_RULES = {"opt": _hf_opt, "gpt2": _hf_gpt2, "falcon_bloom": _hf_falcon_bloom,
                    "glm130b": _hf_glm130b}

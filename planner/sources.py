@@ -14,6 +14,7 @@ from typing import Any
 
 from planner.errors import InputError
 from planner.spec import ModelSpec
+from planner.units import as_int
 
 MAX_CONFIG_BYTES = 16 << 20
 
@@ -73,11 +74,10 @@ def _get(cfg: dict, where: str, *keys: str, default: Any = None, required: bool 
 
 def _int(cfg: dict, where: str, key: str, value: Any) -> int:
     """An integer field that the code below does arithmetic on (before ModelSpec validates it)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    n = as_int(value)
+    if n is None:
         raise InputError(f"{where}: {key!r} must be an integer, got {value!r}")
-    return value
+    return n
 
 
 def _bool(cfg: dict, where: str, key: str, default: bool) -> bool:

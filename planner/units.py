@@ -28,6 +28,18 @@ def fmt_count(n: int) -> str:
     return str(n)
 
 
+def as_int(v: object) -> int | None:
+    """A JSON value read as an integer: an int (not a bool) or an integral float (``4096.0``, as
+    some configs and indexes write them); None for anything else."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
 _TOKEN_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20}
 """Token counts are binary, as context lengths are: 4k = 4096, 128k = 131072, 1m = 1048576."""
 
