@@ -240,28 +240,36 @@ def test_sigterm_to_quality_leaves_no_process(tmp_path):
     cfg = tmp_path / "config.json"
     src = os.path.join(REPO, "planner", "catalog", "configs")
     cfg.write_text(open(os.path.join(src, sorted(os.listdir(src))[0])).read())
+    rc, err = _signal_driver(_DRIVER_QUALITY, str(cfg), tmp_path, signal.SIGTERM)
+    assert rc == 143 and err.strip() == "planner: stopped by SIGTERM", err
+
+
+def _signal_driver(driver: str, arg: str, tmp_path, sig) -> tuple[int, str]:
+    """Run ``driver`` (its fake children write their pids to a file), send ``sig`` once they run,
+    and return the exit status and stderr, after asserting no child outlived the planner."""
     pids_file = str(tmp_path / "pids")
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER_QUALITY, _CHILD, pids_file, str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-c", driver, _CHILD, pids_file, arg],
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT
         while not os.path.exists(pids_file):
             assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the fake eval never started"
+            assert time.monotonic() < deadline, "the fake child never started"
             time.sleep(0.05)
         pids = [int(x) for x in open(pids_file).read().split()]
-        proc.send_signal(signal.SIGTERM)
+        assert all(_alive(p) for p in pids)
+        proc.send_signal(sig)
         rc = proc.wait(timeout=30)
         err = proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert rc == 143 and err.strip() == "planner: stopped by SIGTERM", err
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if _alive(p)], "a process of the group outlived the planner"
+    return rc, err
 
 
 def _alive(pid: int) -> bool:
@@ -276,30 +284,9 @@ def _alive(pid: int) -> bool:
                                            (signal.SIGHUP, 129, "planner: stopped by SIGHUP"),
                                            (signal.SIGINT, 130, "planner: interrupted")])
 def test_signal_to_launch_leaves_no_process(odd, tmp_path, sig, code, says):
-    pids_file = str(tmp_path / "pids")
-    env = dict(os.environ, PYTHONPATH=REPO)
-    proc = subprocess.Popen([sys.executable, "-c", _DRIVER, _CHILD, pids_file, odd["plan"]],
-                            cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(pids_file):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "the fake rank never started"
-            time.sleep(0.05)
-        pids = [int(x) for x in open(pids_file).read().split()]
-        assert all(_alive(p) for p in pids)
-        proc.send_signal(sig)
-        rc = proc.wait(timeout=30)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    rc, err = _signal_driver(_DRIVER, odd["plan"], tmp_path, sig)
     assert rc == code, err
     assert err.strip() == says, err
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in pids if _alive(p)], "a process of the group outlived the planner"
 
 
 def test_run_group_timeout_kills_the_group(tmp_path):
