@@ -131,17 +131,6 @@ def hidden_states(model, ids, cache):
     return h[0]
 
 
-def head_logits(model, h):
-    """Logits [rows, vocab] in the activation dtype for hidden states h [rows, hidden]."""
-    import torch.nn.functional as F
-    x = model.model.norm(h)
-    if model.spec.tied_embeddings:
-        logits = F.linear(x, model.model.embed_tokens.weight)
-    else:
-        logits = model.lm_head(x)
-    return logits[:, :model.spec.vocab]
-
-
 def windows(n: int, window: int, stride: int):
     """(begin, end, first target) of each window over n tokens; targets 1..n-1 each scored once."""
     prev_end, begin = 0, 0
@@ -165,7 +154,7 @@ def score(model, tokens: list[int], window: int, stride: int, kv: str, device, b
     ids = torch.tensor(tokens, dtype=torch.long, device=device)
     cache = KVCache(model.spec, kv, 1, 1, min(window, n), device)
     keep = base is None
-    if keep:  # the base's logits in their own dtype + an fp32 logsumexp: its exact log-probs
+    if keep:  # the base's raw logits in their own dtype + an fp32 logsumexp of the capped ones
         logits_all = torch.empty(n - 1, model.spec.vocab, dtype=model.lay.act_dtype, device=device)
         lse_all = torch.empty(n - 1, 1, dtype=torch.float32, device=device)
         top_all = torch.empty(n - 1, dtype=torch.long, device=device)
@@ -176,8 +165,8 @@ def score(model, tokens: list[int], window: int, stride: int, kv: str, device, b
         h = hidden_states(model, ids[begin:end].unsqueeze(0), cache)
         rows = h[lo - begin - 1:end - begin - 1]
         del h
-        raw = head_logits(model, rows)
-        logits = raw.float()
+        raw = model.head_raw(rows)[:, :model.spec.vocab]
+        logits = model.capped(raw)  # fp32, as the greedy step sees them (final softcap)
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)
         logq = logits.sub_(lse)
         tgt = ids[lo:end]
@@ -189,7 +178,8 @@ def score(model, tokens: list[int], window: int, stride: int, kv: str, device, b
             lse_all[sl] = lse
             top_all[sl] = top
         else:
-            p = base["_logits"][sl].float().sub_(base["_lse"][sl])
+            # capped() copies: the base's stored logits stay as they are for the next format
+            p = model.capped(base["_logits"][sl]).sub_(base["_lse"][sl])
             kl += float((p.exp() * (p - logq)).sum())
             agree += int((top == base["_top1"][sl]).sum())
         scored += end - lo

@@ -734,10 +734,19 @@ class Model(nn.Module):
             lf.div_(cap).tanh_().mul_(cap)
         return lf
 
+    def head_raw(self, last: torch.Tensor) -> torch.Tensor:
+        """Logits [rows, this rank's vocab rows] in the activation dtype of final hidden states
+        [rows, h]: final norm, LM head and its bias, before the final softcap; for evaluation."""
+        return self._lm_head(self.model.norm(last))
+
+    def capped(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw logits as the greedy step sees them: a new fp32 tensor, final softcap applied."""
+        return self._softcap_(raw.to(torch.float32, copy=True))
+
     def head_logits(self, last: torch.Tensor) -> torch.Tensor:
         """fp32 logits [rows, this rank's vocab rows] of final hidden states [rows, h] as the
         greedy step sees them (final norm, LM head and its bias, final softcap); for evaluation."""
-        return self._softcap_(self._lm_head(self.model.norm(last)).float())
+        return self.capped(self.head_raw(last))
 
     def _argmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Greedy token over the vocab-parallel logits: local fp32 max, then one small all-gather."""

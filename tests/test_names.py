@@ -486,3 +486,37 @@ def test_runtime_logits_equal_transformers(mt, tmp_path):
         ref = hf(ids).logits[0, -1].float()
     ours = got[-1].reshape(-1, got[-1].shape[-1])[-1][:ref.numel()].float()
     torch.testing.assert_close(ours, ref, rtol=0, atol=2e-3)  # the KV cache is fp16
+
+
+def test_eval_perplexity_equals_transformers_loss_with_final_softcap(tmp_path):
+    """runtime.eval's perplexity of a tiny Gemma 2 (a strong final-logit softcap, so leaving it
+    out moves the loss) equals transformers' own loss on the same tokens, and a format scored
+    against itself as the base has KL 0 and full agreement, twice (the base's logits are kept)."""
+    from runtime.eval import load_model, score
+    from runtime.weights import open_checkpoint
+
+    torch.manual_seed(0)
+    cfg = transformers.AutoConfig.for_model(
+        "gemma2", **{**BASE, **CASES["gemma2"], **E2E["gemma2"]}, final_logit_softcapping=2.0)
+    hf = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        hf.model.embed_tokens.weight.mul_(100)  # the tied head's logits well past the cap
+    hf.save_pretrained(str(tmp_path))
+    spec = _spec_of(json.loads((tmp_path / "config.json").read_text()), "gemma2", str(tmp_path))
+    assert spec.final_softcap == 2.0
+    tokens = torch.randint(0, spec.vocab, (24,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = float(hf(tokens[None], labels=tokens[None]).loss)
+        uncapped = float(torch.nn.functional.cross_entropy(
+            hf.lm_head(hf.model(tokens[None]).last_hidden_state)[0, :-1], tokens[1:]))
+        model, _ = load_model(spec, open_checkpoint(str(tmp_path), spec), "fp32", torch.float32,
+                              torch.device("cpu"))
+        base = score(model, tokens.tolist(), 24, 24, "fp16", torch.device("cpu"))
+        again = [score(model, tokens.tolist(), 24, 24, "fp16", torch.device("cpu"), base=base)
+                 for _ in range(2)]
+    assert abs(uncapped - ref) > 0.1  # the softcap matters on this model
+    assert base["nll"] == pytest.approx(ref, abs=2e-3)  # the KV cache is fp16
+    for r in again:
+        assert r["kl"] == pytest.approx(0.0, abs=1e-6) and r["top1_agreement"] == 1.0
