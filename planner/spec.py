@@ -307,6 +307,10 @@ class ModelSpec:
             if req not in kwargs:
                 raise InputError(f"{where}: missing field {req!r}")
         kwargs.setdefault("kv_heads", kwargs["heads"])
+        if kwargs.get("router_bias") and "routing" not in kwargs:
+            # specs and plans written before the routing field gave router_bias alone; the
+            # score-correction bias exists only with sigmoid scores
+            kwargs["routing"] = "sigmoid"
         for f in ("heads", "hidden", "layers"):
             if kwargs[f] <= 0:
                 hf = {"heads": "num_attention_heads", "hidden": "hidden_size",
@@ -382,6 +386,9 @@ class ModelSpec:
             raise InputError(f"{where}: qk_norm must be one of {', '.join(map(repr, QK_NORMS))}")
         if self.routing not in ROUTINGS:
             raise InputError(f"{where}: routing must be one of {', '.join(ROUTINGS)}")
+        if self.router_bias and self.routing != "sigmoid":
+            raise InputError(f"{where}: router_bias (the score-correction bias) needs routing "
+                             f"sigmoid, got {self.routing}")
         if self.moe_step < 1:
             raise InputError(f"{where}: moe_step must be at least 1")
         for f in ("attn_softcap", "final_softcap", "rope_theta", "norm_eps"):

@@ -524,9 +524,7 @@ class MoE(nn.Module):
         super().__init__()
         self.k = spec.experts_per_token
         self.n = spec.experts
-        # e_score_correction_bias only exists with sigmoid scoring (DeepSeek-V3, GLM-4.5); specs
-        # written before the routing field set router_bias alone
-        self.routing = "sigmoid" if spec.router_bias else spec.routing
+        self.routing = spec.routing
         self.gate = Router(spec.experts, spec.hidden, spec.router_bias, lay,
                            spec.router_linear_bias)
         width = spec.expert_ffn or spec.ffn

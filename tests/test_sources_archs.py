@@ -180,3 +180,20 @@ def test_text_config_missing_fields_one_line_exit_2(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "text_config lacks" in lines[0], out.stderr
     assert "'num_hidden_layers'" in lines[0]
+
+
+def test_router_bias_goes_with_sigmoid_routing():
+    """The score-correction bias exists only with sigmoid scores: a spec that says softmax with it
+    is refused, and a spec written before the routing field (router_bias alone) reads as sigmoid;
+    DeepSeek-V3's config reads as sigmoid with the bias."""
+    from planner.catalog import lookup
+    from planner.spec import ModelSpec
+
+    base = dict(name="x", family="deepseek_v3", layers=2, hidden=64, heads=4, vocab=100, ffn=128,
+                experts=4, experts_per_token=2, router_bias=True)
+    with pytest.raises(InputError, match="router_bias .* needs routing sigmoid"):
+        ModelSpec.from_dict({**base, "routing": "softmax"})
+    assert ModelSpec.from_dict(base).routing == "sigmoid"
+    for name in ("deepseek-v3", "deepseek-r1", "glm-4.5"):
+        spec = lookup(name).spec
+        assert spec.router_bias and spec.routing == "sigmoid", name

@@ -96,7 +96,7 @@ GLM = ModelSpec(name="tiny-glm", family="glm", layers=2, hidden=256, heads=8, kv
 DEEPSEEK = ModelSpec(name="tiny-deepseek-v3", family="deepseek_v3", layers=3, hidden=256, heads=8,
                      kv_heads=8, head_dim=32, ffn=512, vocab=1000, experts=4, experts_per_token=2,
                      shared_experts=1, expert_ffn=256, dense_layers=1, router_bias=True,
-                     q_lora_rank=128, kv_lora_rank=128, qk_nope_dim=32, qk_rope_dim=16,
+                     routing="sigmoid", q_lora_rank=128, kv_lora_rank=128, qk_nope_dim=32, qk_rope_dim=16,
                      v_head_dim=32, rope_theta=10000.0, norm_eps=1e-6, max_context=4096)
 
 
