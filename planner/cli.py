@@ -52,6 +52,7 @@ def _add_workload_args(p: argparse.ArgumentParser) -> None:
                    help="prompt + new tokens; with --new-tokens, the prompt is the rest")
     p.add_argument("--engine", "-e", default="runtime",
                    help="engine profile: runtime (this project's), vllm, transformers, llama.cpp")
+    add_engine_options(p)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="where the ranks run (cpu: no CUDA context)")
     p.add_argument("--quantize-lm-head", action="store_true",
@@ -73,12 +74,35 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
                    help="GPU set: 4x3090, 8xA100-40G, h100:8, 2x4090+1x3090, local, cpu, cpu:N")
     p.add_argument("--engine", "-e", default="runtime",
                    help="engine profile: runtime, vllm, transformers, llama.cpp")
-    p.add_argument("--gpu-memory-utilization", type=float, default=None,
-                   help="fraction of each GPU the engine may use (vLLM; default 0.9 for vllm)")
-    p.add_argument("--block-size", type=_tokens("--block-size"), default=None,
-                   help="paged KV block size in tokens (vLLM; default 16)")
+    add_engine_options(p)
     p.add_argument("--quantize-lm-head", action="store_true",
                    help="store the LM head in the weight format too")
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The engine options (planner.engines.OPTIONS) as flags spelled as the engines spell them;
+    each is refused on an engine that does not have it (engine_of)."""
+    from planner.engines import OPTIONS
+
+    for key, opt in OPTIONS.items():
+        p.add_argument(opt.flag, dest=key, type=_opt_type(opt), default=None, metavar="V",
+                       help=opt.help)
+
+
+def _opt_type(opt):
+    def parse(text: str):
+        try:
+            return opt.parse(text)
+        except InputError as e:  # argparse names the flag itself
+            raise argparse.ArgumentTypeError(str(e).removeprefix(opt.flag + " ")) from None
+    return parse
+
+
+def engine_of(args: argparse.Namespace):
+    """The engine profile of --engine with the engine options the command line set."""
+    from planner.engines import OPTIONS, configure, engine
+
+    return configure(engine(args.engine), {k: getattr(args, k, None) for k in OPTIONS})
 
 
 def _workload(args: argparse.Namespace):
@@ -138,7 +162,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
         weights, stored = "fp16", stored_bytes(src)
     est = estimate(src.spec, weights, args.kv_cache, args.tp, args.pp, _workload(args),
-                   args.engine, args.device, args.quantize_lm_head, stored)
+                   engine_of(args), args.device, args.quantize_lm_head, stored)
     doc = est.to_json()
     if stored is not None:
         doc["precision"]["weights"] = "stored"
@@ -254,10 +278,8 @@ def _problem(args: argparse.Namespace, spec, workload=None):
 
     gpuset = parse_gpu_set(args.gpus)
     _warn_cpu_cores(gpuset)
-    return gpuset, make_problem(spec, gpuset, workload or _workload(args), args.engine,
-                                args.quantize_lm_head,
-                                getattr(args, "gpu_memory_utilization", None),
-                                getattr(args, "block_size", None))
+    return gpuset, make_problem(spec, gpuset, workload or _workload(args), engine_of(args),
+                                args.quantize_lm_head)
 
 
 _warned_cores: set = set()
@@ -537,6 +559,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if ctx <= new:
             raise InputError(f"--context {ctx} leaves no prompt after {new} new tokens")
     usable = None
+    eng = engine_of(args)
     p = None
     if args.gpus:
         from planner.search import usable_bytes
@@ -552,7 +575,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             for b in batches:
                 for ctx in contexts:
                     est = estimate(src.spec, f, k, args.tp, args.pp, Workload(b, ctx - new, new),
-                                   args.engine, "cpu" if (p and p.kind == "cpu") else "cuda",
+                                   eng, "cpu" if (p and p.kind == "cpu") else "cuda",
                                    args.quantize_lm_head)
                     worst = max(r.total for r in est.ranks)
                     row = {"weights": f.key, "kv_cache": k.key, "batch": b, "context": ctx,
@@ -730,10 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--tp", type=_tokens("--tp"), default=1)
     w.add_argument("--pp", type=_tokens("--pp"), default=1)
     w.add_argument("--engine", "-e", default="runtime")
+    add_engine_options(w)
     w.add_argument("--quantize-lm-head", action="store_true")
     w.add_argument("--format", choices=("table", "csv", "markdown"), default="table")
     w.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    w.set_defaults(func=cmd_sweep, gpu_memory_utilization=None, block_size=None)
+    w.set_defaults(func=cmd_sweep)
 
     x = sub.add_parser("export", help="a plan file as a vLLM / SGLang / TensorRT-LLM / llama.cpp "
                                       "launch command")

@@ -482,7 +482,7 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
             over = {"cuda_context": eng.cuda_context_bytes, "workspace": eng.workspace_bytes}
             if tp * pp > 1:
                 over["nccl"] = eng.nccl_bytes
-            if eng.cuda_graph_bytes:
+            if eng.cuda_graph_bytes and eng.cuda_graphs:
                 over["cuda_graphs"] = eng.cuda_graph_bytes
         for tp_rank in range(tp):
             ranks.append(RankMemory(

@@ -12,7 +12,6 @@ search finds the value that fits while the next one does not.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from planner.engines import EngineProfile, engine as get_engine
@@ -156,21 +155,10 @@ class Problem:
 
 
 def make_problem(spec: ModelSpec, gpuset, workload: Workload, engine: str | EngineProfile,
-                 quantize_lm_head: bool = False, gpu_memory_utilization: float | None = None,
-                 block_size: int | None = None) -> Problem:
+                 quantize_lm_head: bool = False) -> Problem:
+    """The search problem; ``engine`` is a key or a profile already configured with the user's
+    engine options (planner.engines.configure)."""
     eng = engine if isinstance(engine, EngineProfile) else get_engine(engine)
-    if gpu_memory_utilization is not None:
-        if not 0 < gpu_memory_utilization <= 1:
-            raise InputError(f"--gpu-memory-utilization must be in (0, 1], got "
-                             f"{gpu_memory_utilization}")
-        eng = dataclasses.replace(eng, gpu_memory_utilization=gpu_memory_utilization)
-    if block_size is not None:
-        if not eng.kv_block_tokens:
-            raise InputError(f"engine {eng.name} has no paged KV cache; --block-size applies to "
-                             "vllm")
-        if block_size < 1 or block_size > 4096:
-            raise InputError(f"--block-size must be between 1 and 4096, got {block_size}")
-        eng = dataclasses.replace(eng, kv_block_tokens=block_size)
     workload.validate()
     devices = tuple(sorted(gpuset.devices, key=lambda d: -d.memory_bytes))
     return Problem(spec, devices, gpuset.kind, workload, eng, quantize_lm_head)

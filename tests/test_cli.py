@@ -283,3 +283,33 @@ def test_estimate_is_fast():
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout)
     assert elapsed < 1.5
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (("-e", "runtime", "--ubatch", "128"), "engine runtime has no --ubatch (an option of llama.cpp)"),
+    (("-e", "llama.cpp", "--gpu-memory-utilization", "0.8"), "has no --gpu-memory-utilization"),
+    (("-e", "vllm", "--attention", "eager"), "an option of transformers"),
+    (("-e", "transformers", "--block-size", "32"), "an option of vllm"),
+    (("-e", "llama.cpp", "--flash-attn", "maybe"), "must be on or off"),
+    (("-e", "vllm", "--gpu-memory-utilization", "nan"), "must be a number in (0, 1]"),
+    (("-e", "vllm", "--max-num-seqs", "0"), "--max-num-seqs"),
+])
+def test_engine_options_refused_on_engines_without_them(args, fragment):
+    r = run_cli("estimate", "-m", "smollm2-135m", "-w", "q8_0" if "llama.cpp" in args else "fp16",
+                *args)
+    assert fragment in assert_user_error(r)
+
+
+def test_engine_options_change_the_prediction():
+    """An engine option is the engine's own knob: llama.cpp's micro-batch bounds the prefill
+    activations, vLLM without CUDA graphs holds no graph memory, eager attention holds scores."""
+    def acts(*a):
+        return ok_json("estimate", "-m", "smollm2-135m", "--json", "--prompt-tokens", "2048",
+                       *a)["ranks"][0]
+
+    assert acts("-e", "llama.cpp", "-w", "q8_0", "--ubatch", "128")["bytes"]["activations"] < \
+        acts("-e", "llama.cpp", "-w", "q8_0")["bytes"]["activations"]
+    assert "cuda_graphs" in acts("-e", "vllm")["detail"]["overhead"]
+    assert "cuda_graphs" not in acts("-e", "vllm", "--cuda-graphs", "off")["detail"]["overhead"]
+    assert acts("-e", "transformers", "--attention", "eager")["bytes"]["activations"] > \
+        acts("-e", "transformers", "--attention", "sdpa")["bytes"]["activations"]

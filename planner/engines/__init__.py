@@ -11,7 +11,9 @@ them on a GPU (DESIGN §9); on the CPU the runtime has no CUDA context and they 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from planner.errors import InputError, suggest
 
@@ -86,6 +88,15 @@ class EngineProfile:
     fused_softcap: bool = True
     """Attention softcapping runs inside the fused attention kernel (FlashAttention's softcap
     argument); False = softcapped models fall back to explicit score matrices."""
+    flash_attn: bool = False
+    """llama.cpp ``--flash-attn``: attention without a KQ score matrix in the compute graph."""
+    cuda_graphs: bool = True
+    """The engine captures CUDA graphs (vLLM without ``--enforce-eager``); cuda_graph_bytes counts
+    only then."""
+    version: str = ""
+    """The engine version whose source or documentation the constants above were read from."""
+    options: tuple[str, ...] = ()
+    """The engine options (OPTIONS keys) a user sets in this engine; others are refused."""
 
     def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
         if engines and self.name not in engines:
@@ -161,6 +172,8 @@ _PROFILES = {p.name: p for p in [
         # Assumption: CUDA graph capture for the default batch sizes holds about 0.5 GiB per GPU
         # (vLLM logs "Graph capturing finished ... took 0.3-1.0 GiB" on 7-70B models); unmeasured.
         cuda_graph_bytes=512 * MiB,
+        options=("max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization",
+                 "block_size", "cuda_graphs"),
     ),
     EngineProfile(
         name="transformers",
@@ -182,6 +195,7 @@ _PROFILES = {p.name: p for p in [
         gpu_memory_utilization=0.0,
         cuda_context_bytes=512 * MiB, workspace_bytes=32 * MiB, nccl_bytes=384 * MiB,
         cuda_graph_bytes=0,
+        options=("attention",),
     ),
     EngineProfile(
         name="llama.cpp",
@@ -206,8 +220,109 @@ _PROFILES = {p.name: p for p in [
         # gguf-parser's default --platform-footprint of 250 MiB VRAM (peers.md §6) for the CUDA
         # context and driver; llama.cpp does not use PyTorch's allocator.
         cuda_context_bytes=250 * MiB, workspace_bytes=0, nccl_bytes=0, cuda_graph_bytes=0,
+        options=("ubatch", "flash_attn"),
     ),
 ]}
+
+
+@dataclass(frozen=True)
+class EngineOption:
+    """An option users set in the engine itself, as a planner flag with the engine's own name."""
+
+    flag: str
+    """The CLI flag (as the engine spells it)."""
+    help: str
+    parse: Callable[[str], Any]
+    """Text to value; raises InputError with one line."""
+    apply: Callable[[EngineProfile, Any], dict[str, Any]]
+    """The profile fields the value sets."""
+
+
+def _int_in(flag: str, lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        from planner.units import parse_tokens
+        v = parse_tokens(text, flag, lo)
+        if v > hi:
+            raise InputError(f"{flag} must be at most {hi:,}, got {v:,}")
+        return v
+    return parse
+
+
+def _on_off(flag: str) -> Callable[[str], bool]:
+    def parse(text: str) -> bool:
+        t = str(text).strip().lower()
+        if t in ("on", "true", "1", "yes"):
+            return True
+        if t in ("off", "false", "0", "no"):
+            return False
+        raise InputError(f"{flag} must be on or off, got {text!r}")
+    return parse
+
+
+def _choice(flag: str, choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        t = str(text).strip().lower()
+        if t not in choices:
+            raise InputError(f"{flag} must be one of {', '.join(choices)}, got {text!r}")
+        return t
+    return parse
+
+
+def _fraction(flag: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except (TypeError, ValueError):
+            v = float("nan")
+        if not 0 < v <= 1:  # also refuses NaN
+            raise InputError(f"{flag} must be a number in (0, 1], got {text!r}")
+        return v
+    return parse
+
+
+OPTIONS: dict[str, EngineOption] = {
+    "attention": EngineOption("--attention", "attention implementation (transformers "
+                              "attn_implementation): sdpa or eager",
+                              _choice("--attention", ("sdpa", "eager")),
+                              lambda e, v: {"attention": v, "repeat_kv": v == "eager"}),
+    "ubatch": EngineOption("--ubatch", "physical micro-batch in tokens (llama.cpp -ub / n_ubatch)",
+                           _int_in("--ubatch", 1, 1 << 20),
+                           lambda e, v: {"prefill_chunk_tokens": v}),
+    "flash_attn": EngineOption("--flash-attn", "llama.cpp -fa: on or off",
+                               _on_off("--flash-attn"), lambda e, v: {"flash_attn": v}),
+    "max_num_batched_tokens": EngineOption(
+        "--max-num-batched-tokens", "tokens per scheduler step and of the profile run (vLLM)",
+        _int_in("--max-num-batched-tokens", 1, 1 << 24),
+        lambda e, v: {"prefill_chunk_tokens": v, "profile_tokens": v}),
+    "max_num_seqs": EngineOption("--max-num-seqs", "sequences per step, sampled by the profile "
+                                 "run (vLLM)", _int_in("--max-num-seqs", 1, 1 << 20),
+                                 lambda e, v: {"profile_seqs": v}),
+    "gpu_memory_utilization": EngineOption(
+        "--gpu-memory-utilization", "fraction of each GPU the engine may use (vLLM)",
+        _fraction("--gpu-memory-utilization"), lambda e, v: {"gpu_memory_utilization": v}),
+    "block_size": EngineOption("--block-size", "paged KV block size in tokens (vLLM)",
+                               _int_in("--block-size", 1, 4096),
+                               lambda e, v: {"kv_block_tokens": v}),
+    "cuda_graphs": EngineOption("--cuda-graphs", "on, or off as with vLLM --enforce-eager",
+                                _on_off("--cuda-graphs"), lambda e, v: {"cuda_graphs": v}),
+}
+"""Every engine option a planner flag can set; each profile lists the ones it has."""
+
+
+def configure(eng: EngineProfile, values: dict[str, Any]) -> EngineProfile:
+    """``eng`` with the options in ``values`` (OPTIONS keys to parsed values; None = the
+    engine's default). An option the engine does not have is one InputError line."""
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        opt = OPTIONS[key]
+        if key not in eng.options:
+            have = [e.name for e in _PROFILES.values() if key in e.options]
+            raise InputError(f"engine {eng.name} has no {opt.flag} (an option of "
+                             f"{', '.join(have)})")
+        changes.update(opt.apply(eng, value))
+    return dataclasses.replace(eng, **changes) if changes else eng
 
 
 def engine(name: str) -> EngineProfile:
