@@ -772,12 +772,12 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--json", action="store_true", help="one JSON document on stdout")
     gp.set_defaults(func=cmd_gpus)
 
-    # launch, tui and quality register themselves; their modules import nothing heavy here
+    # launch, tui, quality and verify register themselves; their modules import nothing heavy here
     # (the runtime runs in another process; textual is imported when the TUI starts).
     import importlib
     import importlib.util
 
-    for mod in ("planner.launch", "planner.tui", "planner.quality"):
+    for mod in ("planner.launch", "planner.tui", "planner.quality", "planner.verify"):
         if importlib.util.find_spec(mod) is not None:
             importlib.import_module(mod).add_parser(sub)
 

@@ -388,6 +388,47 @@ def _stored_stage_weights(spec: ModelSpec, tp: int, eng: EngineProfile, stored: 
 
 # -- the estimate ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class EngineStep:
+    """One forward step of one pipeline stage, as an engine's own activation walk sees it
+    (planner/engines/<activation_model>.py: ``activation_peak(step) -> (bytes, detail)``)."""
+
+    spec: ModelSpec
+    fmt: WeightFormat
+    kvf: KVFormat
+    eng: EngineProfile
+    tp: int
+    pp: int
+    device: str
+    quantize_lm_head: bool
+    workload: Workload
+    layers: tuple[int, int]
+    """[lo, hi) layers of this stage."""
+    tokens: int
+    """Tokens in the step across the batch."""
+    seqs: int
+    """Sequences in the step."""
+    s_q: int
+    """Query tokens per sequence."""
+    s_kv: int
+    """Keys per sequence the step attends to."""
+    logit_rows: int
+    """Rows of logits the step computes."""
+    vocab_pad: int
+    """Vocabulary rows as the engine pads them."""
+    has_head: bool
+    """The stage holds the LM head."""
+    kv_tokens: int
+    """Tokens per sequence the stage's KV cache holds (its largest layer kind)."""
+
+
+def engine_walk(eng: EngineProfile):
+    """The module of an engine's own activation walk (``activation_model`` names it)."""
+    import importlib
+
+    return importlib.import_module(f"planner.engines.{eng.activation_model}")
+
+
 def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
              kv_cache: str | KVFormat = "fp16", tp: int = 1, pp: int = 1,
              workload: Workload | None = None, engine: str | EngineProfile = "runtime",
@@ -464,6 +505,12 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                 peak, det = _runtime_activation_peak(spec, fmt, kvf, device, quantize_lm_head, tp,
                                                      tokens, seqs, s_q, s_kv, vocab_pad, has_head,
                                                      n_layers > 0)
+            elif eng.activation_model != "phases":  # the engine's own walk (planner/engines/)
+                peak, det = engine_walk(eng).activation_peak(EngineStep(
+                    spec=spec, fmt=fmt, kvf=kvf, eng=eng, tp=tp, pp=pp, device=device,
+                    quantize_lm_head=quantize_lm_head, workload=wl, layers=(lo, hi),
+                    tokens=tokens, seqs=seqs, s_q=s_q, s_kv=s_kv, logit_rows=logit_rows,
+                    vocab_pad=vocab_pad, has_head=has_head, kv_tokens=s))
             else:
                 peak, det = _activation_peak(spec, eng, tp, act, tokens, seqs, s_q, s_kv,
                                              logit_rows, vocab_pad, has_head, n_layers > 0)
