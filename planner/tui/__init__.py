@@ -17,11 +17,13 @@ def add_parser(subparsers) -> None:
     t = subparsers.add_parser(
         "tui", help="interactive planner: ranked plans, per-GPU memory bars, a capacity map")
     # Values are passed as typed: the TUI validates them inline next to their fields.
-    t.add_argument("--model", "-m", default="",
-                   help="initial model: catalog name or path (ctrl+o in the TUI lists the catalog)")
-    t.add_argument("--gpus", "-g", default="local",
-                   help="initial GPU set: 4x3090, 8xA100-40G, 2x4090+1x3090, cpu, local "
-                        "(default local)")
+    t.add_argument("--model", "-m", default=None,
+                   help="initial model: catalog name or path (ctrl+o in the TUI lists the "
+                        "catalog); default the last one that gave plans, else qwen3-8b")
+    t.add_argument("--gpus", "-g", default=None,
+                   help="initial GPU set: 4x3090, 8xA100-40G, 2x4090+1x3090, cpu, local; default "
+                        "the last one that gave plans, else this machine's GPUs (local), else "
+                        "1x4090 where NVML sees none")
     t.add_argument("--batch", "-b", default="1", help="initial batch (default 1)")
     t.add_argument("--prompt-tokens", default="2048", help="initial prompt tokens (default 2048)")
     t.add_argument("--new-tokens", default="256", help="initial new tokens (default 256)")
@@ -34,9 +36,11 @@ def add_parser(subparsers) -> None:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     from planner.tui.app import PlannerApp  # deferred: textual loads only for this command
+    from planner.tui.model import first_screen
 
-    app = PlannerApp(model=args.model, gpus=args.gpus, batch=args.batch,
+    model, gpus = first_screen(args.model, args.gpus)
+    app = PlannerApp(model=model, gpus=gpus, batch=args.batch,
                      prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
-                     engine=args.engine, objective=args.objective)
+                     engine=args.engine, objective=args.objective, remember=True)
     app.run()
     return app.return_code or 0

@@ -34,6 +34,25 @@ PLAN_COLUMNS = (("#", 3), ("weights", 12), ("KV", 4), ("TP", 2), ("PP", 2), ("GP
                 ("per-GPU", 10), ("headroom", 10), ("max batch", 9), ("max ctx", 8),
                 ("prefill", 8), ("tok/s", 8))
 """Fixed widths: columns do not jump about as results change while typing."""
+PLAN_PRIORITY = ("#", "weights", "KV", "TP", "PP", "GPUs", "max ctx", "tok/s", "headroom",
+                 "max batch", "per-GPU", "prefill")
+"""Which plan columns stay when the table is too narrow for all of them, first kept first; the
+kept ones keep PLAN_COLUMNS' order."""
+CELL_PADDING = 1
+"""DataTable's default cell padding on each side of a column."""
+
+
+def visible_columns(width: int) -> tuple[str, ...]:
+    """The plan columns that fit in ``width`` cells, by PLAN_PRIORITY (never fewer than 3)."""
+    widths = dict(PLAN_COLUMNS)
+    kept, used = [], 0
+    for label in PLAN_PRIORITY:
+        need = widths[label] + 2 * CELL_PADDING
+        if used + need > width and len(kept) >= 3:
+            break
+        kept.append(label)
+        used += need
+    return tuple(label for label, _ in PLAN_COLUMNS if label in kept)
 REJECTED_COLUMNS = ("weights", "KV", "TP", "PP", "short by", "reason")
 
 DEBOUNCE_S = 0.04
@@ -129,8 +148,12 @@ class PlannerApp(App):
 
     def __init__(self, model: str = "", gpus: str = "local", batch: str = "1",
                  prompt_tokens: str = "2048", new_tokens: str = "256", engine: str = "runtime",
-                 objective: str = "quality") -> None:
+                 objective: str = "quality", remember: bool = False) -> None:
         super().__init__()
+        self.remember = remember
+        """Remember the last model and GPU set that gave plans (planner tui; not tests)."""
+        self._remember: tuple[str, str] | None = None
+        self._columns: tuple[str, ...] = tuple(label for label, _ in PLAN_COLUMNS)
         self.initial = M.Inputs(model=model or "", gpus=gpus or "", batch=str(batch),
                                 prompt=str(prompt_tokens), new=str(new_tokens),
                                 engine=engine or "runtime", objective=objective or "quality")
@@ -311,6 +334,8 @@ class PlannerApp(App):
             summary.update(Text(f"⚠ fix the field marked in red{stale}", style="bold red"))
             return
         self.result = res
+        if res.plans:
+            self._remember = (res.inputs.model, res.inputs.gpus)
         self._fill_plans(res)
         self._fill_rejected(res)
         spec = res.source.spec
@@ -332,7 +357,7 @@ class PlannerApp(App):
         for i, c in enumerate(res.plans):
             worst = max(c.estimate.ranks, key=lambda r: r.total)
             perf = c.roofline
-            table.add_row(
+            cells = dict(zip((label for label, _ in PLAN_COLUMNS), (
                 Text(str(i + 1), justify="right"), c.weights.key, c.kv.key,
                 Text(str(c.tp), justify="right"), Text(str(c.pp), justify="right"),
                 Text(str(c.gpus), justify="right"),
@@ -342,8 +367,8 @@ class PlannerApp(App):
                 Text(f"{c.max_context:,}" if c.max_context is not None else "-",
                      justify="right"),
                 Text(f"{perf.prefill_s:.3g} s" if perf else "-", justify="right"),
-                Text(f"{perf.decode_tokens_per_s:,.1f}" if perf else "-", justify="right"),
-                key=str(i))
+                Text(f"{perf.decode_tokens_per_s:,.1f}" if perf else "-", justify="right"))))
+            table.add_row(*(cells[label] for label in self._columns), key=str(i))
             if c.label() == keep:
                 row_to_select = i
         if res.plans:
@@ -352,10 +377,33 @@ class PlannerApp(App):
         else:
             self._select(None)
 
-    @staticmethod
-    def _plan_columns(table: DataTable) -> None:
+    def _plan_columns(self, table: DataTable) -> None:
         for label, width in PLAN_COLUMNS:
-            table.add_column(label, width=width)
+            if label in self._columns:
+                table.add_column(label, width=width)
+
+    def on_resize(self, event) -> None:
+        self.call_after_refresh(self._fit_columns)
+
+    def _fit_columns(self) -> None:
+        """Drop the plan columns that do not fit, by priority, rather than cutting them."""
+        table = self.query_one("#plans", DataTable)
+        # room for a vertical scrollbar whether or not the rows need one yet
+        width = table.size.width - table.styles.scrollbar_size_vertical
+        if width <= 0:
+            return
+        cols = visible_columns(width)
+        if cols == self._columns:
+            return
+        self._columns = cols
+        table.clear(columns=True)
+        self._plan_columns(table)
+        if self.result is not None:
+            self._fill_plans(self.result)
+
+    def on_unmount(self) -> None:
+        if self.remember and self._remember is not None:
+            M.save_last(*self._remember)
 
     def _fill_rejected(self, res: M.Result) -> None:
         table = self.query_one("#rejected", DataTable)

@@ -252,3 +252,79 @@ def export_commands(res: Result, cand) -> list[tuple[str, str, list[str]]]:
 
 def with_field(inp: Inputs, name: str, value) -> Inputs:
     return dataclasses.replace(inp, **{name: value})
+
+
+# -- the first screen ----------------------------------------------------------------------------
+
+DEFAULT_MODEL = "qwen3-8b"
+"""The model the first screen shows when none is given or remembered: a current, common size."""
+
+DEFAULT_GPUS = "1x4090"
+"""The GPU set of the first screen on a machine where NVML sees no GPU (no driver, a laptop, CI)."""
+
+STATE_MAX_BYTES = 64 << 10
+"""A remembered-state file larger than this is ignored, not read."""
+
+
+def state_path() -> str:
+    """Where the TUI remembers the last model and GPU set that gave plans:
+    ``$XDG_STATE_HOME/planner/tui.json`` (default ``~/.local/state/planner/tui.json``)."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "state")
+    return os.path.join(base, "planner", "tui.json")
+
+
+def load_last() -> dict[str, str]:
+    """The remembered ``model`` and ``gpus``; {} when there is no usable state file (missing, not
+    a regular file, too large, not JSON, or not strings) — never an error: it is a convenience."""
+    import json
+    import stat
+
+    path = state_path()
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > STATE_MAX_BYTES:
+            return {}
+        with open(path, "rb") as f:
+            doc = json.loads(f.read(STATE_MAX_BYTES + 1))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    return {k: v for k in ("model", "gpus") if isinstance(v := doc.get(k), str)
+            and 0 < len(v) <= 1000 and v.isprintable()}
+
+
+def save_last(model: str, gpus: str) -> None:
+    """Remember the model and GPU set (atomically; a failure to write is ignored)."""
+    import json
+
+    from planner.paths import atomic_write
+
+    path = state_path()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        atomic_write(path, json.dumps({"model": model, "gpus": gpus}) + "\n", force=True)
+    except (OSError, PlannerError):
+        pass
+
+
+def local_gpus_available() -> bool:
+    """NVML sees at least one GPU on this machine."""
+    from planner.hardware import detect_local
+
+    try:
+        return bool(detect_local().devices)
+    except (PlannerError, OSError):
+        return False
+
+
+def first_screen(model: str | None, gpus: str | None) -> tuple[str, str]:
+    """The model and GPU set the TUI opens on: what the command line gave, else the last ones
+    that gave plans, else DEFAULT_MODEL and this machine's GPUs (``local``) or DEFAULT_GPUS."""
+    last = load_last() if model is None or gpus is None else {}
+    if model is None:
+        model = last.get("model", DEFAULT_MODEL)
+    if gpus is None:
+        gpus = last.get("gpus") or ("local" if local_gpus_available() else DEFAULT_GPUS)
+    return model, gpus

@@ -233,3 +233,74 @@ def test_gpu_suggester_completes_the_last_term():
     assert got[0] == "4x3090" and got[1] == "2x4090+1x3090"
     assert got[2] is not None and got[2].startswith("h10")
     assert got[3] is None and got[4] is None
+
+
+def test_first_screen_without_nvml_shows_plans(tmp_path, monkeypatch):
+    """No NVIDIA driver and nothing remembered: the TUI opens on a catalog model and 1x4090, and
+    its first frame already holds plans (not an error about `local`)."""
+    import planner.hardware
+    from planner.errors import InputError
+    from planner.tui import model as M
+
+    def no_nvml():
+        raise InputError("NVML is not available (no NVIDIA driver)")
+
+    monkeypatch.setattr(planner.hardware, "detect_local", no_nvml)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    model, gpus = M.first_screen(None, None)
+    assert (model, gpus) == (M.DEFAULT_MODEL, M.DEFAULT_GPUS)
+    assert M.first_screen("glm-130b", None) == ("glm-130b", M.DEFAULT_GPUS)
+
+    async def go():
+        app = make_app(model=model, gpus=gpus, remember=True)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await settle(app, pilot)
+            assert app.last.ok and app.result.plans
+            return table_rows(app)
+
+    assert run(go())
+    # what gave plans is remembered for the next start (planner tui only: remember=True)
+    assert M.load_last() == {"model": model, "gpus": gpus}
+    assert M.first_screen(None, None) == (model, gpus)
+
+
+def test_remembered_state_that_is_not_usable_is_ignored(tmp_path, monkeypatch):
+    from planner.tui import model as M
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    path = M.state_path()
+    os.makedirs(os.path.dirname(path))
+    for body in (b"{not json", b'["a"]', b'{"model": 3, "gpus": null}',
+                 b'{"model": "x\\u0000y"}', b" " * (M.STATE_MAX_BYTES + 1)):
+        with open(path, "wb") as f:
+            f.write(body)
+        assert M.load_last() == {}, body
+    os.remove(path)
+    os.mkfifo(path)  # never opened: a FIFO would block
+    assert M.load_last() == {}
+
+
+def test_plan_columns_are_dropped_by_priority_not_cut():
+    """At 120 columns the plans table keeps max ctx and tok/s (dropping lower-priority columns),
+    every kept column is whole, and the kept ones are the first of PLAN_PRIORITY."""
+    from planner.tui.app import PLAN_COLUMNS, PLAN_PRIORITY, visible_columns
+
+    async def go(size):
+        app = make_app(model="glm-130b", gpus="4x3090")
+        async with app.run_test(size=size) as pilot:
+            await settle(app, pilot)
+            t = app.query_one("#plans", DataTable)
+            labels = [c.label.plain for c in t.columns.values()]
+            used = sum(c.get_render_width(t) for c in t.columns.values())
+            return labels, used, t.size.width
+
+    for size in ((80, 24), (120, 40), (160, 48)):
+        labels, used, width = run(go(size))
+        assert used <= width, (size, used, width)
+        assert set(labels) == set(PLAN_PRIORITY[:len(labels)]), (size, labels)
+        assert labels == [l for l, _ in PLAN_COLUMNS if l in labels]
+        if size[0] >= 120:
+            assert "max ctx" in labels and "tok/s" in labels, labels
+        if size[0] >= 160:
+            assert len(labels) == len(PLAN_COLUMNS)
+    assert visible_columns(0) == ("#", "weights", "KV")
