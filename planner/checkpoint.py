@@ -222,6 +222,12 @@ _GGUF_CHUNK = 64 << 10
 _GGUF_MIN_KV = 8 + 1 + 4 + 1  # key length, >= 1 key byte, value type, >= 1 value byte
 _GGUF_MIN_TENSOR_INFO = 8 + 4 + 8 + 4 + 8  # name length, n_dims, >= 1 dim, type, offset
 _MAX_NUMEL = 1 << 62
+MAX_TENSORS = 1 << 20
+"""Most tensors a checkpoint (one file, or all shards of one together) may list: 1,048,576, over
+ten times the largest real checkpoints (DeepSeek-V3 with its fp8 scales lists 91,991). Checked
+before any per-tensor object is made, so a hostile header costs no more than this."""
+MAX_GGUF_KV = 1 << 16
+"""Most metadata key/value pairs a GGUF header may claim (real files: a few dozen)."""
 
 _ST_MAX_HEADER = 100 << 20
 _ST_INDEX = "model.safetensors.index.json"
@@ -293,6 +299,8 @@ def read_safetensors_header(path: str) -> tuple[list[CheckpointTensor], dict]:
         raw = f.read(n)
     if len(raw) != n:
         raise _fail(path, f"truncated at byte {8 + len(raw)} while reading a {n}-byte safetensors header")
+    if raw.count(b"{") > MAX_TENSORS + 2:  # each tensor entry is one object: refuse unparsed
+        raise _fail(path, f"safetensors header holds more than {MAX_TENSORS:,} entries, the limit")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -311,6 +319,9 @@ def read_safetensors_header(path: str) -> tuple[list[CheckpointTensor], dict]:
     if not isinstance(header, dict):
         raise _fail(path, f"safetensors header is a JSON {type(header).__name__}, not an object")
 
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise _fail(path, f"safetensors header lists {len(header) - ('__metadata__' in header):,} "
+                          f"tensors, over the limit of {MAX_TENSORS:,}")
     data_size = size - 8 - n
     base = os.path.basename(path)
     metadata: dict = {}
@@ -408,6 +419,9 @@ def _read_index(index_path: str) -> tuple[dict[str, str], dict]:
     wm = data.get("weight_map")
     if not isinstance(wm, dict) or not wm:
         raise _fail(index_path, "index has no \"weight_map\" object (or it is empty)")
+    if len(wm) > MAX_TENSORS:
+        raise _fail(index_path, f"weight_map lists {len(wm):,} tensors, over the limit of "
+                                f"{MAX_TENSORS:,}")
     for k, v in wm.items():
         if not isinstance(v, str) or not v:
             raise _fail(index_path, f"weight_map entry {_short(k)} does not name a file")
@@ -453,6 +467,9 @@ def _read_sharded(path: str, folder: str, index_path: str | None, files: list[st
                     raise _fail(shard, f"tensor {_short(t.name)} is mapped to {want!r} in the index "
                                        f"but found in {fn!r}")
         tensors.extend(ts)
+        if len(tensors) > MAX_TENSORS:
+            raise _fail(shard, f"the shards list more than {MAX_TENSORS:,} tensors together, the "
+                               "limit")
     if weight_map is not None:
         for name, fn in weight_map.items():
             if name not in seen:
@@ -662,6 +679,12 @@ def read_gguf(path: str) -> Checkpoint:
         if tensor_count * _GGUF_MIN_TENSOR_INFO + kv_count * _GGUF_MIN_KV > rem:
             raise _fail(path, f"header claims {tensor_count} tensors and {kv_count} metadata entries "
                               f"but only {rem} bytes remain in the file")
+        if tensor_count > MAX_TENSORS:
+            raise _fail(path, f"header claims {tensor_count:,} tensors, over the limit of "
+                              f"{MAX_TENSORS:,}")
+        if kv_count > MAX_GGUF_KV:
+            raise _fail(path, f"header claims {kv_count:,} metadata entries, over the limit of "
+                              f"{MAX_GGUF_KV:,}")
 
         metadata: dict = {"GGUF.version": version, "GGUF.tensor_count": tensor_count,
                           "GGUF.kv_count": kv_count}

@@ -670,3 +670,23 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == ""
+
+
+def test_tensor_count_caps_refuse_before_building_tensors(tmp_path, monkeypatch):
+    """More tensors than checkpoint.MAX_TENSORS (a GGUF's count, a safetensors header's entries,
+    an index's weight_map) is one InputError naming the limit, raised before per-tensor objects
+    are made (the cap is lowered here so the files stay small)."""
+    import planner.checkpoint as C
+
+    monkeypatch.setattr(C, "MAX_TENSORS", 3)
+    infos = [tinfo(f"t{i}", [8], 0, 32 * i) for i in range(4)]
+    p = _write(tmp_path, "many.gguf", gguf_file([kv_u32("a.b", 1)], infos, 4 * 32))
+    expect_input_error(read_gguf, p, match="4 tensors, over the limit of 3")
+    entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    header = {f"t{i}": dict(entry, data_offsets=[4 * i, 4 * i + 4]) for i in range(4)}
+    p = _raw_st(tmp_path / "many.safetensors", header, b"\0" * 16)
+    expect_input_error(read_safetensors_header, p, match="lists 4 tensors, over the limit of 3")
+    monkeypatch.setattr(C, "MAX_TENSORS", 1)  # far over: refused before the JSON is parsed
+    expect_input_error(read_safetensors_header, p, match="holds more than 1 entries, the limit")
+    monkeypatch.setattr(C, "MAX_TENSORS", 4)
+    assert len(read_safetensors_header(p)[0]) == 4
