@@ -17,11 +17,57 @@ from dataclasses import dataclass, field
 from planner.engines import EngineProfile, engine as get_engine
 from planner.errors import InfeasibleError, InputError
 from planner.memory import Estimate, Workload, estimate
+from planner.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from planner.perf import Roofline, roofline
 from planner.precision import KVFormat, WeightFormat, kv_format, weight_format
 from planner.spec import ModelSpec
+from planner.units import fmt_bytes, parse_bytes
 
-OBJECTIVES = ("quality", "gpus", "cost", "throughput")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Memory to keep free on every GPU: the larger of a fraction of its memory and a size. The
+    engine's own cap (vLLM's gpu_memory_utilization) already leaves memory unused and counts
+    toward it."""
+
+    fraction: float = 0.05
+    bytes: int = 1 << 30
+
+    def required(self, memory_bytes: int, usable_bytes: int) -> int:
+        """Headroom a rank must keep inside its usable memory."""
+        want = max(int(memory_bytes * self.fraction), self.bytes)
+        return max(0, want - (memory_bytes - usable_bytes))
+
+    def describe(self) -> str:
+        parts = ([f"{self.fraction * 100:g}%"] if self.fraction else []) + \
+                ([fmt_bytes(self.bytes)] if self.bytes else [])
+        return " or ".join(parts) + (", whichever is larger" if len(parts) == 2 else "") \
+            if parts else "none"
+
+
+DEFAULT_MARGIN = Margin()
+"""Keep at least 5% of each GPU's memory or 1 GiB free, whichever is larger."""
+
+
+def parse_margin(text: str) -> Margin:
+    """``--margin``: '5%', '2GiB', '5%,1GiB' (the larger of the two) or '0' (none)."""
+    frac, size = 0.0, 0
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items or len(items) > 2:
+        raise InputError(f"--margin must be a percentage, a size or both (like 5%, 1GiB or "
+                         f"5%,1GiB), got {text!r}")
+    for item in items:
+        if item.endswith("%"):
+            try:
+                frac = float(item[:-1]) / 100
+            except ValueError:
+                frac = -1.0
+            if not 0 <= frac < 1:  # also NaN
+                raise InputError(f"--margin percentage must be in [0, 100), got {item!r}")
+        else:
+            size = parse_bytes(item, "--margin")
+    return Margin(frac, size)
 
 # Formats a search tries when the user names none: the registry's formats the engine runs, without
 # the comparison-only per-tensor absmax and without bf16 (same bytes as fp16) and fp32.
@@ -57,6 +103,8 @@ class Candidate:
     """Device of each rank (rank order)."""
     usable: tuple[int, ...]
     """Usable bytes of each rank's device."""
+    margin: tuple[int, ...] = ()
+    """Headroom each rank should keep (the problem's Margin; empty = none)."""
     roofline: Roofline | None = None
     max_batch: int | None = None
     max_context: int | None = None
@@ -77,6 +125,12 @@ class Candidate:
     @property
     def fits(self) -> bool:
         return self.headroom >= 0
+
+    @property
+    def comfortable(self) -> bool:
+        """Every rank keeps its safety margin free."""
+        return all(u - r.total >= m for u, r, m in
+                   zip(self.usable, self.estimate.ranks, self.margin or (0,) * len(self.usable)))
 
     @property
     def worst_rank(self) -> int:
@@ -109,7 +163,7 @@ class Candidate:
                           "headroom_bytes": u - r["bytes"]["total"]})
         return {"precision": {"weights": self.weights.key, "kv_cache": self.kv.key},
                 "tp": self.tp, "pp": self.pp, "gpus": self.gpus, "fits": self.fits,
-                "headroom_bytes": self.headroom, "max_batch": self.max_batch,
+                "headroom_bytes": self.headroom, "keeps_margin": self.comfortable, "max_batch": self.max_batch,
                 "max_context": self.max_context,
                 "max_context_limited_by_model": self.max_context_limited_by_model,
                 "kv_cache_tokens": self.kv_cache_tokens, "kv_blocks": self.kv_blocks,
@@ -148,6 +202,7 @@ class Problem:
     workload: Workload
     engine: EngineProfile
     quantize_lm_head: bool = False
+    margin: Margin = DEFAULT_MARGIN
 
     @property
     def device(self) -> str:
@@ -155,13 +210,13 @@ class Problem:
 
 
 def make_problem(spec: ModelSpec, gpuset, workload: Workload, engine: str | EngineProfile,
-                 quantize_lm_head: bool = False) -> Problem:
+                 quantize_lm_head: bool = False, margin: Margin = DEFAULT_MARGIN) -> Problem:
     """The search problem; ``engine`` is a key or a profile already configured with the user's
     engine options (planner.engines.configure)."""
     eng = engine if isinstance(engine, EngineProfile) else get_engine(engine)
     workload.validate()
     devices = tuple(sorted(gpuset.devices, key=lambda d: -d.memory_bytes))
-    return Problem(spec, devices, gpuset.kind, workload, eng, quantize_lm_head)
+    return Problem(spec, devices, gpuset.kind, workload, eng, quantize_lm_head, margin)
 
 
 def _native_check(fmt: WeightFormat, kvf: KVFormat, devices) -> str | None:
@@ -190,7 +245,8 @@ def evaluate(p: Problem, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
     est = estimate(p.spec, fmt, kvf, tp, pp, workload or p.workload, p.engine, p.device,
                    p.quantize_lm_head)
     usable = tuple(usable_bytes(d, p.engine) for d in devices)
-    return Candidate(fmt, kvf, tp, pp, est, devices, usable)
+    margin = tuple(p.margin.required(d.memory_bytes, u) for d, u in zip(devices, usable))
+    return Candidate(fmt, kvf, tp, pp, est, devices, usable, margin)
 
 
 def _fits(p: Problem, c: Candidate, wl: Workload) -> bool:
@@ -292,20 +348,70 @@ def _tier(objective: str, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
         return q
     if objective == "gpus":
         return (tp * pp, *q)
+    if objective == "serve":
+        return (tp * pp, quality_class(fmt, kvf))
     return ()
 
 
-def _sort_key(objective: str, measured: dict[str, tuple] | None = None):
-    """Quality: lossless formats first, then by published quality loss (the registry's
+EIGHT_BIT_RANK = 30
+"""Weight formats with a quality_rank below this are the 8-bit ones (fp8, int8, LLM.int8(), GGML
+q8_0): published as matching fp16 (GLM-130B INT8, seed 000; LLM.int8(), seed 002)."""
+
+
+def quality_class(fmt: WeightFormat, kvf: KVFormat) -> int:
+    """0 lossless (fp16/bf16/fp32 weights and KV cache), 1 no worse than 8-bit (weights below
+    EIGHT_BIT_RANK, KV of 8 bits or more), 2 lower bit-widths: the serve objective's order
+    between plans on as many GPUs."""
+    w = 0 if fmt.lossless else (1 if fmt.quality_rank < EIGHT_BIT_RANK else 2)
+    k = 0 if kvf.lossless else (1 if kvf.bits >= 8 else 2)
+    return max(w, k)
+
+
+def _sig(x: float) -> float:
+    """A speed rounded to 4 significant digits: plans that differ by floating-point noise tie,
+    and the tie goes to fewer GPUs."""
+    return float(f"{x:.4g}")
+
+
+SPEED_TIE = 0.10
+"""Serve objective: roofline decode speeds within 10% of the best of their group count as equal
+(the roofline is a ceiling, not a benchmark), and the quality order decides between them."""
+
+
+def _sort_key(objective: str, measured: dict[str, tuple] | None = None,
+              fitting: list[Candidate] = ()):
+    """Serve (the default): plans that keep the safety margin free first, then the fewest GPUs,
+    lossless before 8-bit before lower (quality_class), then the faster (speeds within SPEED_TIE
+    of the best of that group tie), then the quality order. Quality: lossless formats first,
+    then by published quality loss (the registry's
     quality_rank: GLM-130B's INT8 ~ FP16 > INT4; RPTQ's lower bit-widths below), or by the loss
     measured for this model (``measured``, from ``planner quality``), KV formats the same way; ties
     go to the faster plan, then to fewer GPUs."""
     def tps(c: Candidate) -> float:
-        return c.roofline.decode_tokens_per_s if c.roofline else 0.0
+        return _sig(c.roofline.decode_tokens_per_s) if c.roofline else 0.0
 
     def quality(c: Candidate):
         return (*_tier("quality", c.weights, c.kv, c.tp, c.pp, measured), -tps(c), c.gpus)
 
+    if objective == "serve":
+        def group(c: Candidate):
+            return (not c.comfortable, *_tier("serve", c.weights, c.kv, c.tp, c.pp))
+        best: dict[tuple, float] = {}
+        for c in fitting:
+            best[group(c)] = max(best.get(group(c), 0.0), tps(c))
+
+        def serve(c: Candidate):
+            top = best.get(group(c), 0.0)
+            return (*group(c), -top if tps(c) >= (1 - SPEED_TIE) * top else -tps(c),
+                    *quality(c))
+        return serve
+    if objective == "latency":
+        def latency(c: Candidate):
+            r, wl = c.roofline, c.estimate.workload
+            if not r:
+                return (float("inf"), *quality(c))
+            return (_sig(r.prefill_s + r.decode_step_s * wl.new_tokens), *quality(c))
+        return latency
     if objective == "quality":
         return quality
     if objective == "gpus":
@@ -344,7 +450,7 @@ def layouts(p: Problem, tp: int | None = None, pp: int | None = None) -> list[tu
 
 
 def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = None,
-           objective: str = "quality", tp: int | None = None, pp: int | None = None,
+           objective: str = DEFAULT_OBJECTIVE, tp: int | None = None, pp: int | None = None,
            finish_top: int | None = None,
            best_only: bool = False,
            measured: dict[str, tuple] | None = None) -> tuple[list[Candidate], list[Rejected]]:
@@ -356,7 +462,7 @@ def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = 
 
     ``best_only``: stop after the first tier of the objective's order that holds a fitting plan
     (the later tiers cannot beat it); the lists then cover only the tiers evaluated."""
-    key = _sort_key(objective, measured)
+    _sort_key(objective, measured)  # an unknown objective fails before the search
     if weights is None:
         weights = [k for k in (DEFAULT_WEIGHTS_GGML if p.engine.name == "llama.cpp"
                                else DEFAULT_WEIGHTS)]
@@ -370,7 +476,8 @@ def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = 
                    key=lambda x: _tier(objective, *x, measured))
     tier = None
     for fmt, kvf, t, q in order:
-        if best_only and fitting and _tier(objective, fmt, kvf, t, q, measured) != tier:
+        if best_only and _tier(objective, fmt, kvf, t, q, measured) != tier and any(
+                c.comfortable or objective != "serve" for c in fitting):
             break
         tier = _tier(objective, fmt, kvf, t, q, measured)
         try:
@@ -388,7 +495,7 @@ def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = 
             fmt.key, kvf.key, t, q,
             f"does not fit: rank {w} needs {short:,} bytes more than the {c.usable[w]:,} usable "
             f"on its {c.devices[w].profile.name}", shortfall_bytes=short))
-    fitting.sort(key=key)
+    fitting.sort(key=_sort_key(objective, measured, fitting))
     for i, c in enumerate(fitting):
         if finish_top is None or i < finish_top:
             finish(p, c)

@@ -59,6 +59,26 @@ def parse_tokens(text: str, what: str, minimum: int = 1) -> int:
     return value
 
 
+_BYTE_UNITS = {"b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+               "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+"""Byte sizes as written: binary units (GiB = 2^30) and decimal ones (GB = 10^9) are different."""
+
+
+def parse_bytes(text: str, what: str) -> int:
+    """A byte size with its unit: '1GiB' (2^30), '512MiB', '24GB' (24 x 10^9), '0'. A bare number
+    other than 0 is refused: GB or GiB must be said."""
+    s = str(text).strip().lower().replace("_", "").replace(" ", "")
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([a-z]*)", s)
+    if not m or (m.group(2) not in _BYTE_UNITS and not (m.group(2) == "" and
+                                                        float(m.group(1)) == 0)):
+        raise InputError(f"{what} must be a size with its unit (like 1GiB, 512MiB or 24GB), got "
+                         f"{text!r}")
+    value = int(float(m.group(1)) * _BYTE_UNITS.get(m.group(2), 1))
+    if value > 1 << 60:
+        raise InputError(f"{what} {text!r} is implausibly large")
+    return value
+
+
 def tokens_arg(what: str, minimum: int = 1):
     """An argparse ``type=`` for a token count (``parse_tokens``); errors name the flag."""
     import argparse

@@ -219,10 +219,11 @@ def test_plan_file_round_trip_through_the_cli(tmp_path):
 
     plan = load_plan(path)
     assert (plan.weights, plan.tp) == ("int4-g128-zp", 4)
-    again = run_cli("recommend", "--gpus", "4x3090", "--model", "glm-130b", "-o", path)
+    again = run_cli("recommend", "--gpus", "4x3090", "--model", "glm-130b", "--context", "2048",
+                    "-o", path)
     assert again.returncode == 2 and "--force" in again.stderr
-    assert run_cli("recommend", "--gpus", "4x3090", "--model", "glm-130b", "-o", path,
-                   "--force").returncode == 0
+    assert run_cli("recommend", "--gpus", "4x3090", "--model", "glm-130b", "--context", "2048",
+                   "-o", path, "--force").returncode == 0
     exp = run_cli("export", path, "--engine", "vllm")
     assert exp.returncode == 0, exp.stderr
     assert "--tensor-parallel-size 4" in exp.stdout

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-OBJECTIVES = ("quality", "gpus", "cost", "throughput")
-"""planner.search.OBJECTIVES, repeated so that building the CLI parser imports nothing more."""
+from planner.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 
 def add_parser(subparsers) -> None:
@@ -29,8 +28,8 @@ def add_parser(subparsers) -> None:
     t.add_argument("--new-tokens", default="256", help="initial new tokens (default 256)")
     t.add_argument("--engine", "-e", default="runtime",
                    help="initial engine: runtime, vllm, transformers, llama.cpp")
-    t.add_argument("--objective", choices=OBJECTIVES, default="quality",
-                   help="initial ranking: quality, gpus, cost, throughput")
+    t.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE,
+                   help=f"initial ranking: {', '.join(OBJECTIVES)} (default {DEFAULT_OBJECTIVE})")
     t.set_defaults(func=cmd_tui)
 
 

@@ -22,6 +22,7 @@ from textual.widgets import (DataTable, Footer, Input, Label, Select, SelectionL
                              TabbedContent, TabPane)
 
 from planner.errors import PlannerError
+from planner.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from planner.tui import model as M
 from planner.tui.bars import GPUBars
 from planner.tui.capacity import CapacityMap
@@ -148,7 +149,7 @@ class PlannerApp(App):
 
     def __init__(self, model: str = "", gpus: str = "local", batch: str = "1",
                  prompt_tokens: str = "2048", new_tokens: str = "256", engine: str = "runtime",
-                 objective: str = "quality", remember: bool = False) -> None:
+                 objective: str = DEFAULT_OBJECTIVE, remember: bool = False) -> None:
         super().__init__()
         self.remember = remember
         """Remember the last model and GPU set that gave plans (planner tui; not tests)."""
@@ -156,7 +157,8 @@ class PlannerApp(App):
         self._columns: tuple[str, ...] = tuple(label for label, _ in PLAN_COLUMNS)
         self.initial = M.Inputs(model=model or "", gpus=gpus or "", batch=str(batch),
                                 prompt=str(prompt_tokens), new=str(new_tokens),
-                                engine=engine or "runtime", objective=objective or "quality")
+                                engine=engine or "runtime",
+                                objective=objective or DEFAULT_OBJECTIVE)
         self.result: M.Result | None = None
         """The latest result that had no input errors."""
         self.last: M.Result | None = None
@@ -200,11 +202,9 @@ class PlannerApp(App):
                 yield Field("Engine", Select([(e, e) for e in engines], value=eng,
                                              allow_blank=False, id="engine", compact=True),
                             "engine")
-                yield Field("Rank by", Select([(o, o) for o in ("quality", "gpus", "cost",
-                                                                "throughput")],
-                                              value=i.objective if i.objective in
-                                              ("quality", "gpus", "cost", "throughput")
-                                              else "quality",
+                yield Field("Rank by", Select([(o, o) for o in OBJECTIVES],
+                                              value=i.objective if i.objective in OBJECTIVES
+                                              else DEFAULT_OBJECTIVE,
                                               allow_blank=False, id="objective", compact=True),
                             "objective")
                 yield Label("Weight formats", classes="section")

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from planner.errors import PlannerError
+from planner.objectives import DEFAULT_OBJECTIVE
 from planner.units import parse_tokens
 
 TIGHT_FRACTION = 0.10
@@ -40,7 +41,7 @@ class Inputs:
     kv: tuple[str, ...] | None = None
     """Allowed KV-cache formats; None = the engine's (recommend's default)."""
     engine: str = "runtime"
-    objective: str = "quality"
+    objective: str = DEFAULT_OBJECTIVE
 
 
 @dataclass

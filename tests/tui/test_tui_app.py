@@ -61,8 +61,8 @@ def test_type_gpus_pick_model_and_format_gives_recommends_plans():
 
 
 def test_bars_equal_planner_estimate_and_follow_the_selection():
-    async def go():
-        app = make_app(model="glm-130b", gpus="4x3090")
+    async def go():  # the quality order: GLM-130B's paper layout first, then TP 2 x PP 2
+        app = make_app(model="glm-130b", gpus="4x3090", objective="quality")
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
             bars = app.query_one("#bars")
@@ -95,7 +95,7 @@ def test_save_writes_recommends_plan_file_and_asks_before_overwriting(tmp_path):
     path = tmp_path / "glm.plan.yaml"
 
     async def go():
-        app = make_app(model="glm-130b", gpus="4x3090")
+        app = make_app(model="glm-130b", gpus="4x3090", objective="quality")
         async with app.run_test(size=SIZE) as pilot:
             await settle(app, pilot)
             await pilot.press("s")
@@ -140,7 +140,8 @@ def test_save_writes_recommends_plan_file_and_asks_before_overwriting(tmp_path):
     assert (plan.weights, plan.kv_cache, plan.tp, plan.pp) == ("int4-g128-zp", "fp16", 4, 1)
     # the same document `planner recommend -o` writes (but for its creation time and hash)
     ref = tmp_path / "ref.yaml"
-    out = run_cli("recommend", "--model", "glm-130b", "--gpus", "4x3090", "-o", str(ref))
+    out = run_cli("recommend", "--model", "glm-130b", "--gpus", "4x3090", "--objective",
+                  "quality", "-o", str(ref))
     assert out.returncode == 0, out.stderr
     ours, theirs = load_plan(str(path)).doc, load_plan(str(ref)).doc
     for d in (ours, theirs):
