@@ -96,7 +96,24 @@ def export_command(plan: Plan, engine: str) -> tuple[list[str], list[str]]:
 
         raise InputError(f"export: unknown engine {engine!r}{suggest(key, list(ENGINES))}; "
                          f"known: {', '.join(ENGINES)}")
-    return {"vllm": _vllm, "sglang": _sglang, "trtllm": _trtllm, "llama.cpp": _llama_cpp}[key](plan)
+    argv, notes = {"vllm": _vllm, "sglang": _sglang, "trtllm": _trtllm,
+                   "llama.cpp": _llama_cpp}[key](plan)
+    return _pinned(plan, argv, notes)
+
+
+def _pinned(plan: Plan, argv: list[str], notes: list[str]) -> tuple[list[str], list[str]]:
+    """A GPU plan's command runs on the plan's GPUs, rank 0 first: ``env CUDA_DEVICE_ORDER=
+    PCI_BUS_ID CUDA_VISIBLE_DEVICES=…`` (PCI order is NVML's, the order ``local`` numbers cards
+    in; CUDA's default puts the fastest first). Each engine numbers its ranks over the visible
+    devices in order (vLLM and SGLang TP/PP ranks, llama.cpp's -ts entries)."""
+    if plan.device != "cuda" or not plan.ranks or any(r.get("gpu") is None for r in plan.ranks):
+        return argv, notes
+    gpus = [r["gpu"] for r in sorted(plan.ranks, key=lambda r: r["rank"])]
+    names = {g["index"]: g["name"] for g in plan.doc["layout"]["gpus"]}
+    notes = notes + ["GPUs: " + ", ".join(f"rank {i} on GPU {g} ({names.get(g, '?')})"
+                                         for i, g in enumerate(gpus))]
+    return ["env", "CUDA_DEVICE_ORDER=PCI_BUS_ID",
+            f"CUDA_VISIBLE_DEVICES={','.join(map(str, gpus))}", *argv], notes
 
 
 # -- vLLM --------------------------------------------------------------------------------------
@@ -287,9 +304,6 @@ def _llama_cpp(plan: Plan) -> tuple[list[str], list[str]]:
             lo, hi = r["layers"]
             stages.append(str(hi - lo))
         argv += ["--split-mode", "layer", "-ts", ",".join(stages)]
-        gpus = ",".join(str(r["gpu"]) for r in plan.ranks)
-        notes.append(f"llama.cpp: run with CUDA_VISIBLE_DEVICES={gpus} so the split follows the "
-                     "plan's GPUs")
     if ctype[kv]:
         argv += ["-ctk", ctype[kv], "-ctv", ctype[kv]]
         if kv in ("int8", "int4"):

@@ -50,11 +50,10 @@ def _allreduce_s(nbytes: int, tp: int, link_bytes_per_s: int) -> float:
 
 
 def roofline(est: Estimate, gpu) -> Roofline:
-    """Roofline prefill latency and decode tokens/s for an estimate on a GPU profile."""
+    """Roofline prefill latency and decode tokens/s for an estimate on a GPU profile, or on one
+    profile per pipeline stage (a mixed set: each stage at its own cards' speed)."""
     spec, wl, tp, pp = est.spec, est.workload, est.tp, est.pp
-    flops = max(1, gpu.peak_flops(est.weights.key))
-    bw = max(1, gpu.memory_bandwidth_bytes_per_s)
-    link = gpu.link_bandwidth_bytes_per_s
+    stage_gpus = list(gpu) if isinstance(gpu, (list, tuple)) else [gpu] * pp
     act_bytes = 4 if est.weights.key == "fp32" else 2
     total_params = param_count(spec)
     active = active_param_count(spec)
@@ -66,6 +65,10 @@ def roofline(est: Estimate, gpu) -> Roofline:
     p_c = p_m = d_c = d_m = 0.0  # compute and memory times summed over stages
     for stage in range(pp):
         r = next(x for x in est.ranks if x.stage == stage)
+        g = stage_gpus[stage]
+        flops = max(1, g.peak_flops(est.weights.key))
+        bw = max(1, g.memory_bandwidth_bytes_per_s)
+        link = g.link_bandwidth_bytes_per_s
         n_layers = r.layers[1] - r.layers[0]
         frac = n_layers / spec.layers if spec.layers else 0
         # Prefill: weights' FLOPs over every prompt token, attention causal (half the square).

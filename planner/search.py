@@ -232,13 +232,36 @@ def _native_check(fmt: WeightFormat, kvf: KVFormat, devices) -> str | None:
     return None
 
 
-def evaluate(p: Problem, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
-             workload: Workload | None = None) -> Candidate:
-    """The prediction for one layout on the problem's devices. Raises InfeasibleError."""
+def place(p: Problem, tp: int, pp: int) -> tuple:
+    """The device of each rank (stage-major) for TP ``tp`` × PP ``pp``: each TP group is
+    ``tp`` identical cards (the engines shard a layer evenly and require it); stages take the
+    groups with the most memory, then the fastest memory, first. InfeasibleError when the set
+    has too few GPUs or too few identical ones."""
     n = tp * pp
     if n > len(p.devices):
         raise InfeasibleError(f"TP {tp} × PP {pp} needs {n} GPUs; the set has {len(p.devices)}")
-    devices = p.devices[:n]
+    by_card: dict[str, list] = {}
+    for d in p.devices:
+        by_card.setdefault(d.profile.name, []).append(d)
+    groups = [cards[i:i + tp] for cards in by_card.values()
+              for i in range(0, len(cards) - tp + 1, tp)]
+    if len(groups) < pp:
+        have = ", ".join(f"{len(c)} x {name}" for name, c in by_card.items())
+        raise InfeasibleError(f"TP {tp} × PP {pp} needs {pp} group(s) of {tp} identical GPUs "
+                              f"(a TP group shards each layer evenly); the set has {have}")
+    groups.sort(key=lambda g: (-g[0].memory_bytes, -g[0].profile.memory_bandwidth_bytes_per_s))
+    return tuple(d for g in groups[:pp] for d in g)
+
+
+def stage_profiles(c: "Candidate") -> list:
+    """The card of each pipeline stage, for its roofline speed (a TP group's cards are alike)."""
+    return [c.devices[s * c.tp].profile for s in range(c.pp)]
+
+
+def evaluate(p: Problem, fmt: WeightFormat, kvf: KVFormat, tp: int, pp: int,
+             workload: Workload | None = None) -> Candidate:
+    """The prediction for one layout on the problem's devices. Raises InfeasibleError."""
+    devices = place(p, tp, pp)
     why = None if p.kind == "cpu" else _native_check(fmt, kvf, devices)  # CPUs emulate every format
     if why:
         raise InfeasibleError(why)
@@ -321,7 +344,7 @@ def kv_budget(p: Problem, c: Candidate) -> tuple[int, int | None]:
 
 def finish(p: Problem, c: Candidate, gpu_profile=None) -> Candidate:
     """Add capacity, the KV budget and the roofline to a candidate that fits."""
-    c.roofline = roofline(c.estimate, gpu_profile or c.devices[-1].profile)
+    c.roofline = roofline(c.estimate, gpu_profile or stage_profiles(c))
     if c.fits:
         c.max_batch = max_batch(p, c, p.workload)
         c.max_context, c.max_context_limited_by_model = max_context(p, c, p.workload)
@@ -486,7 +509,7 @@ def search(p: Problem, weights: list[str] | None = None, kv: list[str] | None = 
             rejected.append(Rejected(fmt.key, kvf.key, t, q, str(e)))
             continue
         if c.fits:
-            c.roofline = roofline(c.estimate, c.devices[-1].profile)
+            c.roofline = roofline(c.estimate, stage_profiles(c))
             fitting.append(c)
             continue
         w = c.worst_rank

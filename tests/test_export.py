@@ -26,9 +26,14 @@ def plan(tmp_path):
     return _plan(tmp_path, capacity={"max_batch": 12})
 
 
+PIN = ["env", "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0,1"]
+"""A GPU plan's command runs on its GPUs, rank 0 first (export._pinned)."""
+
+
 def test_vllm(plan):
     argv, notes = export_command(plan, "vllm")
     assert render(argv) == (
+        "env CUDA_DEVICE_ORDER=PCI_BUS_ID CUDA_VISIBLE_DEVICES=0,1 "
         "vllm serve meta-llama/Llama-2-7b-hf --tensor-parallel-size 2 --pipeline-parallel-size 1 "
         "--max-model-len 2048 --max-num-seqs 12 --gpu-memory-utilization 0.9 --block-size 16 "
         "--kv-cache-dtype fp8")
@@ -51,7 +56,7 @@ def test_batch_falls_back_to_workload(tmp_path):
 
 def test_sglang(plan):
     argv, notes = export_command(plan, "sglang")
-    assert argv == ["python", "-m", "sglang.launch_server", "--model-path",
+    assert argv == [*PIN, "python", "-m", "sglang.launch_server", "--model-path",
                     "meta-llama/Llama-2-7b-hf", "--tp-size", "2", "--pp-size", "1",
                     "--context-length", "2048", "--max-running-requests", "12",
                     "--mem-fraction-static", "0.9", "--kv-cache-dtype", "fp8_e4m3"]
@@ -60,7 +65,7 @@ def test_sglang(plan):
 
 def test_trtllm(plan):
     argv, notes = export_command(plan, "trtllm")
-    assert argv == ["trtllm-serve", "meta-llama/Llama-2-7b-hf", "--tp_size", "2", "--pp_size", "1",
+    assert argv == [*PIN, "trtllm-serve", "meta-llama/Llama-2-7b-hf", "--tp_size", "2", "--pp_size", "1",
                     "--max_seq_len", "2048", "--max_batch_size", "12",
                     "--kv_cache_free_gpu_memory_fraction", "0.9"]
     assert any("KV cache fp8 has no trtllm-serve flag" in n for n in notes)
