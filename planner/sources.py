@@ -318,7 +318,9 @@ def _llama_like(cfg: dict, mt: str, where: str, d: dict[str, Any]) -> None:
         d.update(experts=g("num_local_experts"), experts_per_token=g("num_experts_per_tok"),
                  expert_ffn=g("intermediate_size"))
     elif mt == "qwen3_moe":
-        d.update(experts=g("num_experts", "num_local_experts"),
+        # published configs write num_experts; transformers 5.24's save_pretrained writes
+        # num_local_experts (its attribute name): an explicit one comes before the default
+        d.update(experts=g("num_local_experts", "num_experts"),
                  experts_per_token=g("num_experts_per_tok"),
                  expert_ffn=g("moe_intermediate_size"),
                  moe_step=_int(cfg, where, "decoder_sparse_step", g("decoder_sparse_step")),

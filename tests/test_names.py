@@ -57,12 +57,8 @@ _built: dict[str, tuple] = {}
 def _spec_of(cfg: dict, name: str, where: str):
     from planner.sources import spec_from_config
 
-    cfg = dict(cfg)
-    if cfg.get("model_type") == "qwen3_moe" and "num_experts" not in cfg:
-        # transformers 5.24 writes Qwen3-MoE's expert count as num_local_experts; the published
-        # Qwen3-30B-A3B config.json (and planner/sources.py) call it num_experts
-        cfg["num_experts"] = cfg["num_local_experts"]
-    return spec_from_config(cfg, name, where)
+    # the config as transformers 5.24 saved it (Qwen3-MoE's expert count as num_local_experts)
+    return spec_from_config(dict(cfg), name, where)
 
 
 def built(mt: str, tmp_path_factory):
