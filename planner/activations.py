@@ -33,35 +33,91 @@ def runtime_act_key(weights: str, kv_cache: str, device: str) -> str:
     return "bf16" if "bf16" in (weights, kv_cache) else "fp16"
 
 
+def _fp32_dequant(fmt_key: str, n: int, k: int, group: int) -> int:
+    """Peak bytes of kernels.quant.dequantize(packed) of an [n, k] weight, the fp32 result
+    included (it is computed in fp32 on every device, then cast).
+
+    - int8 / llm-int8 / fp8 / absmax: ``qweight.float()`` and its product with the scale (an fp32
+      copy [n] of an fp16 scale for int8; fp32 scales are used as they are): 8 bytes per weight.
+    - int4, int4-gN: the unpacked nibbles, ``u.float()``, ``u - 8`` and ``(u - 8) * s`` live
+      together (12 bytes per weight) with the fp32 scales [n, G]; -zp formats hold the fp32 zero
+      points [n, G] too (the nibbles' uint8 unpack is freed by then).
+    - nf4: the int64 code indices (8 bytes per weight), the code lookup, the block absmax repeated
+      over its 64 elements and their product (4 each), with the first-level absmax [B] and the
+      second-level scales repeated over their 256 blocks."""
+    e = n * k
+    if fmt_key in ("int8", "llm-int8", "fp8", "absmax"):
+        return 8 * e + (4 * n if fmt_key == "int8" else 0)
+    if fmt_key == "nf4":
+        blocks = -(-e // 64)
+        return 16 * e + 4 * 64 * blocks + 4 * blocks + 4 * 256 * -(-blocks // 256)
+    groups = k // group if group else 1  # int4 formats
+    return 12 * e + (8 if fmt_key.endswith("-zp") else 4) * n * groups
+
+
+def _llm_int8_split(T: int, k: int, a: int) -> tuple[int, int]:
+    """kernels.reference.llm_int8_split of x [T, k]: (its peak, the bytes it returns). The outlier
+    column test (|x| [T, k] in x's dtype, the bool test, the [k] bool ``cols``), then ``rest`` (x in
+    fp32 with outlier columns zeroed), its row absmax and ``sx`` ([T] fp32), and at the peak
+    ``rest / sx`` and its rounding next to ``rest`` (12 bytes per element); it returns xq (int8
+    [T, k]) and sx; the outlier indices (int32, 4 bytes per outlier column) are not counted (see
+    runtime/NOTES.md, "Weight formats")."""
+    return max(a * T * k + T * k, 12 * T * k + k + 8 * T), T * k + 4 * T
+
+
 def _linear_call(fmt_key: str, quantized: bool, act_key: str, device: str, T: int, n: int, k: int,
-                 bias: bool, group: int, a: int) -> dict[str, int]:
+                 bias: bool, group: int, a: int, outliers: int = 0) -> dict[str, int]:
     """Peak bytes a kernels.matmul call allocates for x [T, k], W [n, k], by part: ``out`` (the
     result), ``dequant_scratch`` (a dequantized / cast copy of W, or its fp32 reference dequant
-    buffers), ``kernel_tmp`` (other transients of the kernel at its peak)."""
+    buffers), ``kernel_tmp`` (other transients of the kernel at its peak). Follows kernels/api.py's
+    dispatch (``kernel_for``) for every registry format on each device.
+
+    ``outliers``: llm-int8's outlier columns of x (|x| > 6 in any row). The walk takes none, as
+    the runtime measures with its random weights; on the CPU reference a call with outlier
+    columns has one more moment (see below), on CUDA the fused kernel none."""
     out = T * n * a
     if not quantized:
         cast = n * k * a if fmt_key != act_key else 0  # w.to(x.dtype) in kernels' torch-linear
         return {"out": out, "dequant_scratch": cast}
+    if fmt_key == "llm-int8":
+        split, held = _llm_int8_split(T, k, a)
+        if device != "cpu":  # triton-llm-int8: the split, then the fused kernel writes out
+            return {"out": out, "kernel_tmp": max(split, held + out) - out}
+        # reference-llm-int8 (kernels/reference.py), in fp64: xq and sx from the split (and the
+        # int32 outlier indices) and the weight's scale as fp64 [n] are held throughout;
+        # xq.double(), wq.double() and their product; the two scale products; with outlier
+        # columns their product added (y, the indices as int64, the product and its scaled
+        # copy: 24 bytes per output element, above the main product's moment when
+        # 16·T·n > 8·n·k + 8·T·k, i.e. a long prefill); the bias; the cast to x's dtype.
+        held += 8 * n + 4 * outliers
+        peak = max(split, held + 8 * T * k + 8 * n * k + 8 * T * n,
+                   held + 16 * T * n + 8 * T,
+                   held + 8 * outliers + 24 * T * n if outliers else 0,
+                   held + 16 * T * n + 8 * n if bias else 0, held + 8 * T * n + out)
+        return {"out": out, "kernel_tmp": peak - out}
     if device == "cpu":
         if fmt_key == "int8":  # torch._weight_int8pack_mm; fp16 scales cast to x's dtype
             # during the mm; y + bias afterwards (the scale copy is gone by then)
             return {"out": out, "kernel_tmp": max(n * a if act_key != "fp16" else 0,
                                                    out if bias else 0)}
-        if fmt_key.startswith("int4"):  # reference: fp32 dequantize (u, u - z, (u - z) * s)
-            groups = k // group if group else 1
-            deq = 12 * n * k + 4 * n * groups
-            mm = 4 * n * k + 4 * T * k + 4 * T * n
-            if bias:
-                mm = max(mm, 4 * n * k + 8 * T * n + 4 * n)
-            peak = max(deq, mm, 4 * n * k + 4 * T * n + out)
-            return {"out": out, "dequant_scratch": peak - out}
-        # other formats take the reference too (not measured yet)
-        return {"out": out, "dequant_scratch": 12 * n * k + 4 * T * k + 4 * T * n}
+        # every other format: the fp32 reference (kernels/reference.py): dequantize, then x in
+        # fp32 [T, k] @ w^T -> y fp32 [T, n] (+ the bias in fp32 as a new y), cast to x's dtype
+        deq = _fp32_dequant(fmt_key, n, k, group)
+        x32 = 4 * T * k if a != 4 else 0
+        mm = 4 * n * k + x32 + 4 * T * n
+        if bias:
+            mm = max(mm, 4 * n * k + 8 * T * n + (4 * n if a != 4 else 0))
+        peak = max(deq, mm, 4 * n * k + 4 * T * n + (out if a != 4 else 0))
+        return {"out": out, "dequant_scratch": peak - out}
     if fmt_key in ("int8", "int4") or fmt_key.startswith("int4-g"):
-        if T <= 16:  # split-K GEMV: fp32 partials [T, n], then the cast (+ bias)
-            return {"out": out, "kernel_tmp": 4 * T * n + (out if bias else 0)}
-        return {"out": out}
-    return {"out": out, "dequant_scratch": n * k * a}  # torch-dequant-mm
+        if T <= 16:  # split-K GEMV: fp32 partials [T, n] (+= the bias as fp32 [n]), the cast
+            return {"out": out, "kernel_tmp": 4 * T * n + (max(0, 4 * n - out) if bias else 0)}
+        return {"out": out}  # GEMM: bias and cast in the epilogue
+    # fp8, nf4, absmax: torch-dequant-mm, dequantize in fp32 (nf4 also copies its two code tables
+    # to the device), cast to x's dtype, then F.linear (the bias inside the matmul)
+    deq = _fp32_dequant(fmt_key, n, k, group) + (4 * 256 + 4 * 16 if fmt_key == "nf4" else 0)
+    peak = max(deq, 4 * n * k + a * n * k, a * n * k + out)
+    return {"out": out, "dequant_scratch": peak - out}
 
 
 @dataclass
@@ -83,6 +139,8 @@ class _Walk:
     act_key: str = ""
     a: int = 0
     best: tuple[int, dict[str, int]] = field(default_factory=lambda: (0, {}))
+    moments: dict[str, int] = field(default_factory=dict)
+    """Every named moment's live transient bytes (the largest over the layer variants walked)."""
 
     def __post_init__(self) -> None:
         self.act_key = runtime_act_key(self.fmt.key, self.kvf.key, self.device)
@@ -109,6 +167,7 @@ class _Walk:
             else:
                 flat[f"{event}.{k}"] = v
         total = sum(flat.values())
+        self.moments[event] = max(self.moments.get(event, 0), total)
         if total > self.best[0]:
             self.best = (total, {k: v for k, v in flat.items() if v})
 
@@ -165,16 +224,59 @@ def runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, d
 
     Memoised: a search evaluates the same stage shape for many candidates (identical stages,
     capacity probes); callers get their own copy of the parts."""
-    peak, parts = _runtime_activation_peak(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs,
-                                           s_q, s_kv, vocab_pad, has_lm_head, has_layers)
-    return peak, dict(parts)
+    w = _walk(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs, s_q, s_kv, vocab_pad,
+              has_lm_head, has_layers)
+    return w.best[0], dict(w.best[1])
+
+
+MOMENT_GROUPS = ("attention", "mlp", "norm", "lm_head")
+"""The sub-blocks a moment belongs to, as the runtime measures them (runtime/measure.py: the
+peak inside each module of that kind)."""
+
+
+def moment_group(event: str) -> str | None:
+    """The sub-block (MOMENT_GROUPS) of a walk moment, or None for one outside every module the
+    runtime times (the embedding, the fp32 logits of the greedy step)."""
+    if event.endswith("post_norm") or event in ("norm", "ln_mlp"):
+        return "norm"
+    if event.startswith("attn."):
+        return "attention"
+    if event.startswith(("mlp.", "moe.")):
+        return "mlp"
+    if event == "lm_head.logits":
+        return "lm_head"
+    return None
+
+
+def runtime_phases(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, device: str,
+                   quantize_lm_head: bool, tp: int, batch: int, prompt_tokens: int,
+                   new_tokens: int, vocab_pad: int,
+                   decode_s_kv: int = 0) -> dict[str, dict[str, int]]:
+    """The runtime's phases as ``planner.memory.estimate`` walks them (one pipeline stage):
+    ``prefill`` (the whole prompt of every sequence in one step) and, with new tokens,
+    ``decode`` (one token per sequence over the cache at its fullest: prompt + new tokens, or
+    ``decode_s_kv``). Phase -> {"peak": bytes, and per MOMENT_GROUPS group the largest moment of
+    that sub-block}."""
+    steps = {"prefill": (batch * prompt_tokens, batch, prompt_tokens, prompt_tokens)}
+    if new_tokens:
+        steps["decode"] = (batch, batch, 1, decode_s_kv or prompt_tokens + new_tokens)
+    out: dict[str, dict[str, int]] = {}
+    for name, (T, seqs, s_q, s_kv) in steps.items():
+        w = _walk(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs, s_q, s_kv, vocab_pad,
+                  True, spec.layers > 0)
+        ph = {"peak": w.best[0]}
+        for event, b in w.moments.items():
+            g = moment_group(event)
+            if g:
+                ph[g] = max(ph.get(g, 0), b)
+        out[name] = ph
+    return out
 
 
 @functools.lru_cache(maxsize=8192)
-def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, device: str,
-                             quantize_lm_head: bool, tp: int, T: int, seqs: int, s_q: int,
-                             s_kv: int, vocab_pad: int, has_lm_head: bool,
-                             has_layers: bool) -> tuple[int, dict[str, int]]:
+def _walk(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, device: str,
+          quantize_lm_head: bool, tp: int, T: int, seqs: int, s_q: int, s_kv: int,
+          vocab_pad: int, has_lm_head: bool, has_layers: bool) -> "_Walk":
     w = _Walk(spec, fmt, kvf, device, quantize_lm_head, tp, T, seqs, s_q, s_kv)
     a, h = w.a, spec.hidden
     H = T * h * a
@@ -220,7 +322,7 @@ def _runtime_activation_peak(spec: ModelSpec, fmt: WeightFormat, kvf: KVFormat, 
         w.at("lm_head.logits", {"last_normed": x, "logits": logits})
         # the final softcap is applied in place on the fp32 copy
         w.at("lm_head.fp32", {"logits": seqs * vr * a, "logits_fp32": seqs * vr * 4})
-    return w.best
+    return w
 
 
 def _attention(w: _Walk, base: dict, kind: str, window: int, rope: bool) -> None:

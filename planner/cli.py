@@ -15,7 +15,7 @@ from planner import __version__
 from planner.errors import DoesNotFit, InfeasibleError, InputError, PlannerError
 from planner.units import fmt_bytes, fmt_count, parse_tokens, tokens_arg
 
-OBJECTIVES = ("quality", "gpus", "cost", "throughput")
+from planner.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,6 +98,15 @@ def _opt_type(opt):
     return parse
 
 
+def _margin_arg(text: str):
+    from planner.search import parse_margin
+
+    try:
+        return parse_margin(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--margin ")) from None
+
+
 def engine_of(args: argparse.Namespace):
     """The engine profile of --engine with the engine options the command line set."""
     from planner.engines import OPTIONS, configure, engine
@@ -161,14 +170,64 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         from planner.inspect import stored_bytes
 
         weights, stored = "fp16", stored_bytes(src)
+    eng = engine_of(args)
+    if eng.name == "vllm" and getattr(args, "gpus", None):
+        eng = _vllm_card_defaults(args, src.spec, eng)
     est = estimate(src.spec, weights, args.kv_cache, args.tp, args.pp, _workload(args),
-                   engine_of(args), args.device, args.quantize_lm_head, stored)
+                   eng, args.device, args.quantize_lm_head, stored)
     doc = est.to_json()
     if stored is not None:
         doc["precision"]["weights"] = "stored"
     doc["model"]["source"] = {"kind": src.kind, "path": src.path}
-    _emit(args, doc, lambda: render_estimate(est))
+    boot = _vllm_startup(args, src.spec, est, stored)
+    if boot is not None:
+        doc["vllm_startup"] = boot.to_json()
+    _emit(args, doc, lambda: render_estimate(est) + (f"\n{boot.line()}" if boot else ""))
     return 0
+
+
+def _vllm_card_defaults(args, spec, eng):
+    """The vLLM profile with the scheduler defaults and block size vLLM picks on the first GPU of
+    --gpus where the user set none (planner/engines/vllm.py default_batching)."""
+    from planner.engines import configure, vllm as V
+    from planner.hardware import parse_gpu_set
+
+    gpuset = parse_gpu_set(args.gpus)
+    if gpuset.kind == "cpu" or not gpuset.devices:
+        return eng
+    prof = gpuset.devices[0].profile
+    tokens, seqs = V.default_batching(prof.name, prof.memory_bytes)
+    tokens = args.max_num_batched_tokens or tokens
+    return configure(eng, {"max_num_batched_tokens": tokens,
+                           "max_num_seqs": min(args.max_num_seqs or seqs, tokens),
+                           "block_size": args.block_size or V.default_block_size(
+                               spec, prof.compute_capability)})
+
+
+def _vllm_startup(args, spec, est, stored):
+    """vLLM's start-up accounting (planner/engines/vllm.py) on the first GPU of --gpus, for
+    --engine vllm; None otherwise. max_model_len is the workload's context."""
+    if not getattr(args, "gpus", None):
+        return None
+    from planner.engines import vllm as V
+    from planner.hardware import parse_gpu_set
+
+    gpuset = parse_gpu_set(args.gpus)  # a bad set is one line whatever the engine
+    if est.engine.name != "vllm":
+        return None
+    if gpuset.kind == "cpu":
+        raise InputError("--engine vllm plans CUDA GPUs; --gpus cpu has none")
+    if len(gpuset.devices) < est.tp * est.pp:
+        raise InputError(f"TP {est.tp} x PP {est.pp} needs {est.tp * est.pp} GPUs; {args.gpus} "
+                         f"has {len(gpuset.devices)}")
+    w = None
+    if stored is not None:
+        w = max(r.weights for r in est.ranks)
+    return V.startup(spec, gpuset.devices[0].profile, est.tp, est.pp, est.weights.key,
+                     est.kv.key, est.workload.context, est.engine.gpu_memory_utilization,
+                     getattr(args, "max_num_batched_tokens", None),
+                     getattr(args, "max_num_seqs", None), getattr(args, "block_size", None),
+                     weights_bytes=w, quantize_lm_head=args.quantize_lm_head)
 
 
 def render_estimate(est) -> str:
@@ -278,8 +337,11 @@ def _problem(args: argparse.Namespace, spec, workload=None):
 
     gpuset = parse_gpu_set(args.gpus)
     _warn_cpu_cores(gpuset)
+    from planner.search import DEFAULT_MARGIN
+
     return gpuset, make_problem(spec, gpuset, workload or _workload(args), engine_of(args),
-                                args.quantize_lm_head)
+                                args.quantize_lm_head, getattr(args, "margin", None) or
+                                DEFAULT_MARGIN)
 
 
 _warned_cores: set = set()
@@ -693,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("estimate", help="per-rank memory for a model, precision, layout and workload")
     _add_model_args(e)
     _add_workload_args(e)
+    e.add_argument("--gpus", "-g", default=None,
+                   help="GPU set the ranks run on; with --engine vllm, also the KV-cache size and "
+                        "maximum concurrency vLLM would log at start-up")
     e.add_argument("--json", action="store_true", help="one JSON document on stdout")
     e.set_defaults(func=cmd_estimate)
 
@@ -713,9 +778,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kv-cache", default=None, help="comma-separated KV formats to consider")
     r.add_argument("--tp", type=_tokens("--tp"), default=None, help="only this TP degree")
     r.add_argument("--pp", type=_tokens("--pp"), default=None, help="only this PP degree")
-    r.add_argument("--objective", choices=OBJECTIVES, default="quality",
-                   help="rank by quality (lossless formats first, default), gpus (fewest), cost "
-                        "(per token) or throughput (decode tokens/s)")
+    r.add_argument("--objective", choices=OBJECTIVES, default=DEFAULT_OBJECTIVE,
+                   help="rank by serve (default: the fewest GPUs that keep --margin free, "
+                        "lossless before lossy, then decode speed), quality (lossless formats "
+                        "first), gpus (fewest), cost (per token), throughput (decode tokens/s) "
+                        "or latency (prefill + decode of the workload)")
+    r.add_argument("--margin", type=_margin_arg, default=None, metavar="M",
+                   help="memory each GPU keeps free for a plan to rank as serving: a share, a "
+                        "size or both (5%%, 2GiB, 5%%,1GiB: the larger); default 5%%,1GiB; an "
+                        "engine's own cap (vLLM --gpu-memory-utilization) counts toward it")
     r.add_argument("--top", type=_tokens("--top"), default=10, help="plans to show (default 10)")
     r.add_argument("--show-rejected", action="store_true", help="list rejected candidates")
     r.add_argument("-o", "--output", default=None, help="write the best plan to this YAML file")

@@ -275,7 +275,8 @@ def _llama_cpp(plan: Plan) -> tuple[list[str], list[str]]:
         raise _refuse("llama.cpp", f"weight format {w}",
                       f" (it runs GGML formats: {', '.join(_GGML)}, or fp16/bf16/fp32)")
     # tools/server/README.md: -ctk/-ctv allowed values f32, f16, bf16, q8_0, q4_0, ...
-    ctype = {"fp16": None, "bf16": "bf16", "int8": "q8_0", "int4": "q4_0"}
+    ctype = {"fp16": None, "bf16": "bf16", "int8": "q8_0", "int4": "q4_0", "q8_0": "q8_0",
+             "q4_0": "q4_0"}
     if kv not in ctype:
         raise _refuse("llama.cpp", f"KV-cache format {kv}",
                       " (-ctk/-ctv: f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1)")
@@ -306,9 +307,10 @@ def _llama_cpp(plan: Plan) -> tuple[list[str], list[str]]:
         argv += ["--split-mode", "layer", "-ts", ",".join(stages)]
     if ctype[kv]:
         argv += ["-ctk", ctype[kv], "-ctv", ctype[kv]]
-        if kv in ("int8", "int4"):
+        if kv in ("int8", "int4", "q8_0", "q4_0"):
             # -fa, --flash-attn [on|off|auto]: a quantized V cache needs flash attention.
             argv += ["-fa", "on"]
+        if kv in ("int8", "int4"):  # planned for another engine (llama.cpp plans say q8_0/q4_0)
             notes.append(f"llama.cpp: {ctype[kv]} stores the KV cache in blocks of 32 with one "
                          f"fp16 scale each; the plan's {kv} counts one scale per token per head, "
                          "so the bytes differ slightly")

@@ -144,6 +144,8 @@ def kv_tokens_held(context: int, window: int, eng: EngineProfile, uniform: bool 
         s = min(s, window + eng.window_extra_tokens)
     if eng.kv_block_tokens:
         s = -(-s // eng.kv_block_tokens) * eng.kv_block_tokens
+    if eng.kv_pad_tokens:  # llama.cpp: GGML_PAD(n_ctx, 256) cells (planner/engines/llamacpp.py)
+        s = -(-s // eng.kv_pad_tokens) * eng.kv_pad_tokens
     return s
 
 
@@ -447,10 +449,21 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
     wl.validate()
     if device not in ("cuda", "cpu"):
         raise InputError(f"device must be cuda or cpu, got {device!r}")
-    check_layout(spec, fmt, kvf, tp, pp, eng)
     warnings: list[str] = []
+    if (eng.kv_follows_model_dtype and kvf.key in _DTYPE_BYTES and fmt.key in _DTYPE_BYTES
+            and kvf.key != fmt.key):  # transformers: the cache stores K/V in the model's dtype
+        warnings.append(f"engine {eng.name} caches K/V in the model's dtype: KV-cache {kvf.key} "
+                        f"planned as {fmt.key}")
+        kvf = kv_format(fmt.key)
+    if kvf.key in dict(eng.kv_aliases):  # llama.cpp stores int8/int4 caches as q8_0/q4_0 blocks
+        kvf = kv_format(dict(eng.kv_aliases)[kvf.key])
+    check_layout(spec, fmt, kvf, tp, pp, eng)
     if wl.context > spec.max_context:
         warnings.append(f"context {wl.context} exceeds the model's max context {spec.max_context}")
+    if eng.measured_formats and stored is None and fmt.key not in eng.measured_formats:
+        warnings.append(f"weight format {fmt.key} has never been measured through the {eng.name} "
+                        f"engine (measured: {', '.join(eng.measured_formats)}); its activations "
+                        "are the walk's prediction only")
 
     base = 4 if fmt.key == "fp32" else 2  # unquantized tensors: fp32, else fp16/bf16
     act = 4 if fmt.key == "fp32" else 2
@@ -463,6 +476,9 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
         per_token_layer = kvf.vector_bytes(spec.kv_lora_rank + spec.qk_rope_dim)
     else:
         per_token_layer = 2 * kv_heads_per_rank(spec, tp) * kvf.vector_bytes(spec.head_dim)
+    walk = engine_walk(eng) if eng.activation_model not in ("runtime", "phases") else None
+    if hasattr(walk, "kv_heads") and not spec.mla:  # the engine caches other heads (Falcon-40B)
+        per_token_layer = 2 * walk.kv_heads(spec, tp) * kvf.vector_bytes(spec.head_dim)
 
     # Activation step shapes.
     if eng.profile_tokens:
@@ -488,10 +504,20 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
         else:
             wdetail, largest = _stage_weights(spec, fmt, tp, eng, base, quantize_lm_head,
                                               lo, hi, first, last)
+        host: dict[str, int] = {}
+        if eng.embedding_on_host and device == "cuda" and "embedding" in wdetail:
+            # llama.cpp keeps the token embedding in host memory; a tied LM head is loaded a
+            # second time for the output layer on the GPU (planner/engines/llamacpp.py)
+            host["embedding"] = wdetail.pop("embedding")
+            if spec.tied_embeddings and last:
+                wdetail["lm_head"] = wdetail.get("lm_head", 0) + host["embedding"]
         w_bytes = sum(wdetail.values())
 
         n_layers = hi - lo
         by_kind = kv_by_kind(spec, lo, hi, wl.context, eng)
+        if hasattr(walk, "kv_tokens"):  # the engine's own rule for the tokens a cache holds
+            for k in by_kind.values():
+                k["tokens_per_sequence"] = walk.kv_tokens(eng, wl, k["window"])
         kv_bytes = 0
         s = max(k["tokens_per_sequence"] for k in by_kind.values())
         for k in by_kind.values():
@@ -540,7 +566,8 @@ def estimate(spec: ModelSpec, weights: str | WeightFormat = "fp16",
                         "kv_cache": {"tokens_per_sequence": s, "bytes_per_token_per_layer":
                                      per_token_layer, "layers": n_layers,
                                      "by_kind": {k: dict(v) for k, v in by_kind.items()}},
-                        "activations": dict(best_detail), "overhead": dict(over)}))
+                        "activations": dict(best_detail), "overhead": dict(over),
+                        **({"host": dict(host)} if host else {})}))
     busiest = max(hi - lo for lo, hi in stages)
     return Estimate(spec=spec, weights=fmt, kv=kvf, tp=tp, pp=pp, workload=wl, engine=eng,
                     device=device, ranks=ranks, params=param_count(spec),

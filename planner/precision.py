@@ -127,9 +127,14 @@ class KVFormat:
     """Lowest compute capability that runs it natively."""
     description: str = ""
     """One line with its source."""
+    block: int = 0
+    """GGML block formats: values per block, each block one ``scale_bytes`` scale (the cache row
+    is a run of whole blocks); 0 = one scale per vector."""
 
     def vector_bytes(self, dim: int) -> int:
         """Bytes of one cached vector of ``dim`` elements (one token, one head, K or V)."""
+        if self.block:
+            return -(-dim // self.block) * (self.block * self.bits // 8 + self.scale_bytes)
         return -(-dim * self.bits // 8) + self.scale_bytes
 
 
@@ -214,6 +219,9 @@ _GROUP_KEY = re.compile(r"^int4-g([1-9][0-9]*)(-zp)?$")
 _KV_FORMATS: dict[str, KVFormat] = {f.key: f for f in [
     KVFormat("fp16", 16, 0, True, description="IEEE float16"),
     KVFormat("bf16", 16, 0, True, description="bfloat16"),
+    KVFormat("fp32", 32, 0, True,
+             description="IEEE float32 (transformers' DynamicCache of a model loaded in fp32: "
+                         "the cache takes the model's dtype)"),
     KVFormat("fp8", 8, 0, False, (8, 9),
              description="fp8 e4m3 with a unit scale (vLLM --kv-cache-dtype fp8 without "
                          "calibrated scales)"),
@@ -221,6 +229,14 @@ _KV_FORMATS: dict[str, KVFormat] = {f.key: f for f in [
              description="int8 symmetric with an fp16 scale per token per head"),
     KVFormat("int4", 4, 2, False,
              description="int4 symmetric, two per byte, fp16 scale per token per head"),
+    # llama.cpp --cache-type-k/-v: ggml-common.h block_q8_0 {fp16 d; int8 qs[32]} = 34 bytes and
+    # block_q4_0 {fp16 d; uint8 qs[16]} = 18 bytes per 32 values (llama.cpp 0c1e570).
+    KVFormat("q8_0", 8, 2, False, block=32,
+             description="GGML Q8_0 cache (llama.cpp -ctk/-ctv q8_0): 32 int8 + fp16 scale per "
+                         "block, 34 bytes per 32 values"),
+    KVFormat("q4_0", 4, 2, False, block=32,
+             description="GGML Q4_0 cache (llama.cpp -ctk/-ctv q4_0): 32 4-bit + fp16 scale per "
+                         "block, 18 bytes per 32 values"),
 ]}
 
 

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
                                       "machine and compare its memory with the prediction")
     _add_model_args(v)
     _add_workload_args(v)
+    # llama.cpp plans a GGUF as stored unless --weights says otherwise; the engine runs here, on
+    # this machine's CPU unless --device cuda is asked for
+    v.set_defaults(weights=None, device="cpu")
     v.add_argument("--json", action="store_true", help="one JSON document on stdout")
     v.add_argument("--report", default=None, metavar="PATH", help="also write the JSON here")
     v.set_defaults(func=cmd_verify)
@@ -56,6 +59,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         check_output(args.report, force=True)
     src = resolve_model(args.model)
     weights, stored = args.weights, None
+    if weights is None:  # llama.cpp runs the GGUF's own bytes: plan them as stored
+        weights = "stored" if (src.kind == "gguf" and args.engine == "llama.cpp") else "fp16"
     if weights.strip().lower() == "stored":
         from planner.inspect import stored_bytes
 

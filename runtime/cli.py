@@ -14,8 +14,60 @@ import os
 import sys
 import time
 
-TOLERANCES = {"weights": 0.0, "kv_cache": 0.0, "activations": 0.10}
-"""Relative tolerance of each line: weights and KV cache exact to the byte, activations 10%."""
+TOLERANCES = {"weights": 0.0, "kv_cache": 0.0, "activations": 0.02}
+"""Relative tolerance of each line on the CPU: weights and KV cache exact to the byte, activations
+2% (planner/activations.py walks the runtime allocation by allocation; every format the CPU tests
+launch measures exact, runtime/NOTES.md "Weight formats")."""
+CUDA_TOLERANCES = {"weights": 0.0, "kv_cache": 0.0, "activations": 0.10}
+"""On CUDA activations keep 10%: the caching allocator rounds every block (512 B, 2 MiB segments)
+and the CUDA walk (Triton partials, torch-dequant-mm, triton-llm-int8) has not been measured on a
+GPU yet."""
+
+MODULE_GROUPS = {"attention": r"layers\.\d+\.self_attn$", "mlp": r"layers\.\d+\.mlp$",
+                 "norm": r"layers\.\d+\.(input_layernorm|post_attention_layernorm|"
+                         r"post_self_attn_layernorm|post_mlp_layernorm)$",
+                 "lm_head": r"(^|\.)lm_head$"}
+"""The modules whose measured peaks (runtime/measure.py PhaseTracker.modules) are compared with
+the walk's moments of the same sub-block (planner.activations.moment_group)."""
+
+
+def tolerances(device_type: str) -> dict[str, float]:
+    """The tolerances of a run on ``device_type`` (``cpu`` / ``cuda``)."""
+    return CUDA_TOLERANCES if device_type == "cuda" else TOLERANCES
+
+
+def _within(p: int, m: int, tol: float) -> bool:
+    return abs(m - p) <= tol * p if tol else m == p
+
+
+def module_groups(modules: dict[str, int]) -> dict[str, int]:
+    """Measured peak transient bytes per sub-block (MODULE_GROUPS) from per-module peaks."""
+    import re
+    out: dict[str, int] = {}
+    for name, b in modules.items():
+        for g, pat in MODULE_GROUPS.items():
+            if re.search(pat, name):
+                out[g] = max(out.get(g, 0), b)
+    return out
+
+
+def phase_report(predicted: dict[str, dict[str, int]], measured: dict[str, tuple[int, dict]],
+                 tol: float) -> dict[str, dict]:
+    """Predicted vs measured per phase (its peak) and per sub-block within it (the largest walk
+    moment of the sub-block vs the peak measured inside those modules), each with ``ok``."""
+    out: dict[str, dict] = {}
+    for name, (peak, groups) in measured.items():
+        pred = predicted.get(name)
+        if pred is None:
+            continue
+        ph = {"predicted": int(pred["peak"]), "measured": int(peak),
+              "ok": _within(pred["peak"], peak, tol), "groups": {}}
+        for g, m in groups.items():
+            if g in pred:
+                ph["groups"][g] = {"predicted": int(pred[g]), "measured": int(m),
+                                   "ok": _within(pred[g], m, tol)}
+        out[name] = ph
+    return out
 
 
 class Fail(Exception):
@@ -319,25 +371,31 @@ def _rank_main(args, plan, rank, world, device, group) -> int:
         with pre.track():
             nxt = model(ids, cache, 0)
         t_pre = time.perf_counter() - t0
-        tokens = [nxt]
+        # the generated ids go into one tensor allocated before decode is tracked, so no id
+        # tensor accumulates in the decode figure (the walk counts none)
+        gen = torch.empty(max(1, w.new_tokens), w.batch, dtype=torch.int64, device=device)
+        gen[0].copy_(nxt)
+        del nxt
         phase = "decode"
-        dec = PhaseTracker(device, external + [nxt])
+        dec = PhaseTracker(device, external + [gen])
         t0 = time.perf_counter()
         with dec.track():
-            cur = nxt
             for step in range(w.new_tokens - 1 if w.new_tokens else 0):
                 dec.step()
-                cur = model(cur.view(w.batch, 1), cache, w.prompt_tokens + step)
-                tokens.append(cur)
+                cur = model(gen[step].view(w.batch, 1), cache, w.prompt_tokens + step)
+                gen[step + 1].copy_(cur)
+                del cur
         t_dec = time.perf_counter() - t0
         act_measured = max(pre.peak_bytes, dec.peak_bytes)
+        tols = tolerances(device.type)
         result["phases"] = {"prefill_peak_bytes": pre.peak_bytes, "decode_peak_bytes": dec.peak_bytes,
-                            "prefill_categories": pre.categories}
+                            "prefill_categories": pre.categories,
+                            "compare": _phase_compare(plan, device, pre, dec, tols)}
         n_dec = max(0, w.new_tokens - 1)
         result["tokens_per_s"] = {
             "prefill": w.batch * w.prompt_tokens / t_pre if t_pre > 0 else 0.0,
             "decode": w.batch * n_dec / t_dec if (t_dec > 0 and n_dec) else 0.0}
-        result["generated"] = torch.stack(tokens, dim=1)[0, :8].tolist() if tokens else []
+        result["generated"] = gen[:, 0][:8].tolist()
         lines = {"weights": (pred["weights"], w_measured), "kv_cache": (pred["kv_cache"], kv_measured),
                  "activations": (pred["activations"], act_measured)}
         if device.type == "cuda":
@@ -348,10 +406,9 @@ def _rank_main(args, plan, rank, world, device, group) -> int:
                               "nvml_used_bytes": nvml_used_bytes(device.index)}
         result["lines"] = {}
         for name, (p, m) in lines.items():
-            tol = TOLERANCES[name]
-            ok = abs(m - p) <= tol * p if tol else m == p
-            result["lines"][name] = {"predicted": int(p), "measured": int(m), "ok": bool(ok),
-                                     "tolerance": tol}
+            tol = tols[name]
+            result["lines"][name] = {"predicted": int(p), "measured": int(m),
+                                     "ok": bool(_within(p, m, tol)), "tolerance": tol}
     except RuntimeError_ as e:
         raise Fail(str(e), 2) from None
     except (MemoryError, torch.OutOfMemoryError) as e:
@@ -360,6 +417,27 @@ def _rank_main(args, plan, rank, world, device, group) -> int:
                    f"({pred['total']:,} bytes) for this rank, {fmt_bytes(free_info['free_bytes'])} "
                    f"free when it started ({type(e).__name__}: {str(e)[:200]})", 1) from None
     return _report(args, plan, rank, world, result, group)
+
+
+def _phase_compare(plan, device, pre, dec, tols) -> dict:
+    """Each phase's predicted peak and sub-block moments (planner/activations.py, the walk
+    planner.memory.estimate runs) against what the PhaseTrackers measured."""
+    from planner.activations import runtime_phases
+    from planner.engines import engine as get_engine
+    from planner.memory import padded_vocab
+    from planner.precision import kv_format, weight_format
+    w = plan.workload
+    # the runtime's last decode step reads prompt + new - 1 cached tokens (the last new token is
+    # never fed back); the plan's decode step is at the full context, one token more
+    predicted = runtime_phases(plan.spec, weight_format(plan.weights), kv_format(plan.kv_cache),
+                               "cuda" if device.type == "cuda" else "cpu", plan.quantize_lm_head,
+                               plan.tp, w.batch, w.prompt_tokens, w.new_tokens,
+                               padded_vocab(plan.spec, plan.tp, get_engine("runtime")),
+                               decode_s_kv=w.prompt_tokens + w.new_tokens - 1)
+    measured = {"prefill": (pre.peak_bytes, module_groups(pre.modules))}
+    if w.new_tokens > 1:  # the first new token comes from prefill; decode runs new - 1 steps
+        measured["decode"] = (dec.peak_bytes, module_groups(dec.modules))
+    return phase_report(predicted, measured, tols["activations"])
 
 
 def _report(args, plan, rank, world, result, group) -> int:
@@ -376,7 +454,7 @@ def _report(args, plan, rank, world, result, group) -> int:
            "tp": plan.tp, "workload": {"batch": plan.workload.batch,
                                        "prompt_tokens": plan.workload.prompt_tokens,
                                        "new_tokens": plan.workload.new_tokens},
-           "tolerances": TOLERANCES,
+           "tolerances": tolerances("cuda" if plan.device == "cuda" else "cpu"),
            "ranks": results,
            "tokens_per_s": {k: min(r["tokens_per_s"][k] for r in results)
                             for k in ("prefill", "decode")}}
@@ -405,6 +483,20 @@ def render(doc: dict) -> str:
             tol = "exact" if not l["tolerance"] else f"±{l['tolerance'] * 100:.0f}%"
             out.append(f"{r['rank']:>4}  {name:<11} {p:>16,} {m:>16,} {diff:>8}  {tol:<9} "
                        f"{'PASS' if l['ok'] else 'FAIL'}")
+    phases = [(r["rank"], name, ph) for r in doc["ranks"]
+              for name, ph in r.get("phases", {}).get("compare", {}).items()]
+    if phases:
+        head = (f"{'rank':>4}  {'phase / sub-block':<19} {'predicted':>16} {'measured':>16} "
+                f"{'diff':>8}  {'tolerance':<9} result")
+        out += ["", "activations by phase, and by sub-block (its largest walk moment vs the peak "
+                "measured inside it)", head, "-" * len(head)]
+        tol = f"±{doc['tolerances']['activations'] * 100:.0f}%"
+        for rank, name, ph in phases:
+            for label, l in [(name, ph), *((f"  {g}", gl) for g, gl in ph["groups"].items())]:
+                p, m = l["predicted"], l["measured"]
+                diff = f"{(m - p) / p * 100:+.1f}%" if p else "n/a"
+                out.append(f"{rank:>4}  {label:<19} {p:>16,} {m:>16,} {diff:>8}  {tol:<9} "
+                           f"{'ok' if l['ok'] else 'off'}")
     tps = doc["tokens_per_s"]
     r0 = doc["ranks"][0]
     out += ["", f"tokens/s: prefill {tps['prefill']:.1f}, decode {tps['decode']:.1f} (rank minimum)",

@@ -60,6 +60,10 @@ class PhaseTracker:
     op in its context, by category) with the model, KV cache and inputs registered as external, so
     the peak above the baseline is the phase's transient (activation) memory. CUDA: the caching
     allocator's ``max_memory_allocated`` after ``reset_peak_memory_stats``.
+
+    On CPU ``modules`` also holds, per module (its qualified name), the peak transient bytes
+    while that module ran: the sub-block moments planner/activations.py predicts are compared
+    with them (runtime/cli.py ``MODULE_GROUPS``).
     """
 
     def step(self) -> None:
@@ -67,13 +71,25 @@ class PhaseTracker:
         otherwise); overall peaks are kept."""
         mt = getattr(self, "_mt", None)
         if mt is not None:
+            self._collect()
             mt.reset_mod_stats()
+
+    def _collect(self) -> None:
+        """Fold MemTracker's per-module peaks (totals) of the calls so far into ``modules``."""
+        for st in self._mt.memory_tracking.values():
+            peak = st.local_peak.get(self.device)
+            if peak is None:
+                continue
+            name = st.mod_fqn
+            self.modules[name] = max(self.modules.get(name, 0), int(peak) - self._base)
 
     def __init__(self, device: torch.device, external=()):
         self.device = device
         self.external = list(external)
         self.peak_bytes = 0
         self.categories: dict[str, int] = {}
+        self.modules: dict[str, int] = {}
+        self._base = 0
 
     @contextlib.contextmanager
     def track(self):
@@ -93,8 +109,10 @@ class PhaseTracker:
         with mt:
             base = mt.get_tracker_snapshot("current").get(self.device, {})
             base_total = sum(v for k, v in base.items() if str(k) == "Total")
+            self._base = base_total
             yield self
             peak = mt.get_tracker_snapshot("peak").get(self.device, {})
+            self._collect()
         peak_total = sum(v for k, v in peak.items() if str(k) == "Total")
         self.peak_bytes = peak_total - base_total
         self.categories = {str(getattr(k, "value", k)): int(v) for k, v in peak.items() if v}

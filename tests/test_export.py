@@ -75,7 +75,8 @@ def test_llama_cpp(tmp_path):
     p = _plan(tmp_path, "q4_k", "int8", tp=1, pp=2, engine="llama.cpp",
               workload=Workload(4, 1536, 512))
     argv, notes = export_command(p, "llama.cpp")
-    assert argv == ["llama-server", "-m", "Llama-2-7b-hf-Q4_K.gguf", "-c", "8192", "-np", "4",
+    assert argv == ["env", "CUDA_DEVICE_ORDER=PCI_BUS_ID", "CUDA_VISIBLE_DEVICES=0,1",
+                    "llama-server", "-m", "Llama-2-7b-hf-Q4_K.gguf", "-c", "8192", "-np", "4",
                     "-ngl", "999", "--split-mode", "layer", "-ts", "16,16",
                     "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on"]
     assert any("placeholder" in n for n in notes)

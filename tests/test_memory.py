@@ -151,15 +151,23 @@ def test_vllm_pads_vocab_to_64():
 
 
 def test_eager_attention_holds_scores_sdpa_does_not():
+    """transformers 5 defaults to SDPA (no score matrix); with --attention eager it holds the
+    masked scores, softmax's fp32 output and their cast back (planner/engines/hf.py). Before
+    the transformers walk this test read eager scores off the default transformers profile,
+    which encoded the wrong (eager) default."""
+    from planner.engines import configure, engine
+
     spec = lookup("llama-2-7b").spec
     wl = Workload(1, 4096, 0)
-    eager = estimate(spec, "fp16", "fp16", 1, 1, wl, "transformers").ranks[0]
-    sdpa = estimate(spec, "fp16", "fp16", 1, 1, wl, "runtime").ranks[0]
+    eager_eng = configure(engine("transformers"), {"attention": "eager"})
+    eager = estimate(spec, "fp16", "fp16", 1, 1, wl, eager_eng).ranks[0]
+    sdpa = estimate(spec, "fp16", "fp16", 1, 1, wl, "transformers").ranks[0]
     scores = 32 * 4096 * 4096
-    assert eager.detail["activations"]["attention.scores"] == scores * 2
-    assert eager.detail["activations"]["attention.softmax_fp32"] == scores * 4
-    assert not any("scores" in k for k in sdpa.detail["activations"])
-    assert eager.activations > scores * 6 > sdpa.activations
+    d = eager.detail["activations"]
+    assert d["attn.softmax.masked_scores"] == scores * 2
+    assert d["attn.softmax.probs_fp32"] == scores * 4
+    assert not any("scores" in k or "probs" in k for k in sdpa.detail["activations"])
+    assert eager.activations > scores * 8 > sdpa.activations
 
 
 def test_logits_last_position_vs_profile_run():
@@ -178,7 +186,14 @@ def test_unfused_format_adds_dequant_scratch():
     fused = estimate(spec, "int4-g128", "fp16", 1, 1, wl).ranks[0].detail["activations"]
     nf4 = estimate(spec, "nf4", "fp16", 1, 1, wl).ranks[0].detail["activations"]
     assert "dequant_scratch" not in fused
-    assert nf4["dequant_scratch"] == 11008 * 4096 * 2  # the largest linear, gate/up/down, in fp16
+    # kernels' torch-dequant-mm dequantizes the largest linear (gate/up/down) in fp32 before the
+    # fp16 cast: int64 code indices, lookup, repeated block absmax and product (20 bytes per
+    # weight), the block absmax, the repeated second-level scales, the two code tables; the
+    # output is counted apart
+    e = 11008 * 4096
+    blocks = e // 64
+    assert nf4["dequant_scratch"] == (20 * e + 4 * blocks + 4 * 256 * -(-blocks // 256)
+                                      + 4 * 256 + 4 * 16 - 16 * 11008 * 2)
 
 
 def test_cpu_device_has_no_cuda_overhead():

@@ -95,8 +95,24 @@ class EngineProfile:
     only then."""
     version: str = ""
     """The engine version whose source or documentation the constants above were read from."""
+    kv_pad_tokens: int = 0
+    """A contiguous cache's cells per sequence are a multiple of this (llama.cpp pads n_ctx to 256);
+    0 = exactly the tokens held."""
+    embedding_on_host: bool = False
+    """The token embedding stays in host memory on a GPU rank (llama.cpp's input layer); a tied LM
+    head is then a second copy on the GPU."""
+    kv_aliases: tuple[tuple[str, str], ...] = ()
+    """KV-cache keys the engine stores in another format (llama.cpp: int8 -> q8_0, int4 -> q4_0)."""
+    kv_follows_model_dtype: bool = False
+    """The KV cache takes the model's dtype (transformers' DynamicCache stores k_proj/v_proj
+    outputs as they are): an unquantized --kv-cache other than an fp32/fp16/bf16 model's own dtype
+    is planned in the model's dtype, with a warning."""
     options: tuple[str, ...] = ()
     """The engine options (OPTIONS keys) a user sets in this engine; others are refused."""
+    measured_formats: tuple[str, ...] = ()
+    """Weight formats whose prediction has been measured against this engine (the runtime: the
+    formats its CPU launch tests run); an estimate in another format carries a warning. Empty =
+    no such record (no warning)."""
 
     def allows_weights(self, key: str, engines: tuple[str, ...]) -> bool:
         if engines and self.name not in engines:
@@ -125,8 +141,11 @@ _PROFILES = {p.name: p for p in [
         # Vocab-parallel embedding: rows padded to a multiple of TP only.
         vocab_pad_multiple=1, supports_tp=True,
         weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "fp8", "int8", "int4"),
-        # kernels/: fused Triton GEMV/GEMM for these; fp8, nf4, llm-int8, absmax dequantize first.
-        fused_formats=("int8", "int4", "int4-gN", "int4-gN-zp"),
+        # kernels/api.py kernel_for on CUDA: Triton GEMV/GEMM for int8 and int4 formats and
+        # triton-llm-int8 for llm-int8 (fused: no dequantized weight); fp8, nf4 and absmax
+        # dequantize first (torch-dequant-mm). The walk (planner/activations.py) follows the same
+        # dispatch per linear call; this tuple states it for the record.
+        fused_formats=("int8", "int4", "int4-gN", "int4-gN-zp", "llm-int8"),
         gpu_memory_utilization=0.0,
         # Assumption, to be calibrated by `planner launch` on a GPU: a PyTorch CUDA context with
         # lazy module loading (CUDA >= 11.7) is typically 300-600 MiB; 512 MiB taken.
@@ -142,18 +161,26 @@ _PROFILES = {p.name: p for p in [
         # formats run the fp32 dequantize-then-matmul reference (kernels/NOTES.md, "Dispatch").
         cpu_fused_formats=("int8",),
         activation_model="runtime",
+        # The formats tests/runtime launches on the CPU (test_runtime_formats.py: every one at TP
+        # 1 and TP 2, predicted == measured activations; runtime/NOTES.md "Weight formats").
+        measured_formats=("fp32", "fp16", "bf16", "fp8", "int8", "llm-int8", "int4",
+                          "int4-g128", "int4-g128-zp", "nf4", "absmax"),
     ),
     EngineProfile(
         name="vllm",
-        description="vLLM V1 serving defaults: FlashAttention, paged KV (block 16), activations "
-                    "reserved by a profile run of max_num_batched_tokens, 0.9 utilization cap",
+        description="vLLM 0.11 V1 serving defaults: FlashAttention, paged KV (block 16), "
+                    "activations reserved by a profile run of max_num_batched_tokens, 0.9 "
+                    "utilization cap (planner/engines/vllm.py)",
         attention="sdpa", repeat_kv=False, logits_all_positions=False,
-        # V1 chunked prefill with max_num_batched_tokens = 8192 (vLLM docs, "Optimization and
-        # Tuning": default for the online server); the profile run uses the same token count.
+        # vllm/engine/arg_utils.py _set_default_args (0.11.0): `vllm serve` on a card of at least
+        # 70 GiB that is not an A100 takes max_num_batched_tokens 8192 and max_num_seqs 1024
+        # (2048 / 256 on smaller cards and A100s; planner/engines/vllm.py default_batching picks
+        # per card where a GPU is known). The profile run uses the same token count.
         prefill_chunk_tokens=8192, profile_tokens=8192,
-        # max_num_seqs default 256: the profile run samples logits for that many sequences.
-        profile_seqs=256,
-        # CacheConfig.block_size default 16 (docs.vllm.ai config/cache).
+        # The profile run samples logits for min(max_num_seqs, max_num_batched_tokens) requests.
+        profile_seqs=1024,
+        # CacheConfig.block_size None -> 16 on CUDA (vllm/platforms/cuda.py); MLA backends force
+        # 64 (FlashMLA, sm90) or 128 (CUTLASS MLA, sm100): vllm.default_block_size.
         kv_block_tokens=16, sliding_window_cache=True,
         # VocabParallelEmbedding pads the vocabulary to a multiple of 64 (DEFAULT_VOCAB_PADDING_SIZE).
         vocab_pad_multiple=64, supports_tp=True,
@@ -162,7 +189,7 @@ _PROFILES = {p.name: p for p in [
         kv_formats=("fp16", "bf16", "fp8"),
         # Marlin/Machete (int4/int8 weight-only), fp8 GEMMs, bitsandbytes kernels dequantize inside.
         fused_formats=("fp8", "int8", "int4", "int4-gN", "int4-gN-zp", "nf4", "llm-int8"),
-        # EngineArgs.gpu_memory_utilization default 0.9 (v0.10; current docs say 0.92).
+        # CacheConfig.gpu_memory_utilization default 0.9 (vllm/config/cache.py, 0.11.0).
         gpu_memory_utilization=0.9,
         cuda_context_bytes=512 * MiB,  # as for the runtime (same PyTorch/CUDA stack)
         workspace_bytes=32 * MiB,
@@ -170,56 +197,88 @@ _PROFILES = {p.name: p for p in [
         # H100 (peers.md §12); the difference is taken as NCCL + custom all-reduce buffers.
         nccl_bytes=460 * MiB,
         # Assumption: CUDA graph capture for the default batch sizes holds about 0.5 GiB per GPU
-        # (vLLM logs "Graph capturing finished ... took 0.3-1.0 GiB" on 7-70B models); unmeasured.
+        # (vLLM logs "Graph capturing finished ... took 0.50 GiB" for Qwen2-7B on an A100,
+        # dennislee22/vLLM-benchmarking); 0.11.0 captures after sizing the KV cache, so this is
+        # memory on top of gpu_memory_utilization, not subtracted from the KV budget.
         cuda_graph_bytes=512 * MiB,
+        # The profile run's torch peak: planner/engines/vllm.py activation_peak.
+        activation_model="vllm",
+        version="0.11.0 (sdist, commit f71952c1c)",
         options=("max_num_batched_tokens", "max_num_seqs", "gpu_memory_utilization",
                  "block_size", "cuda_graphs"),
     ),
     EngineProfile(
         name="transformers",
-        description="Hugging Face transformers generate() with eager attention: score matrices, "
-                    "repeat_kv for GQA, DynamicCache growing with the context",
-        attention="eager", repeat_kv=True,
-        # transformers >= 4.45 passes logits_to_keep=1 in generate(): last position only, upcast
-        # to fp32.
+        description="Hugging Face transformers generate(): SDPA attention (eager with --attention "
+                    "eager), DynamicCache growing by torch.cat in the model's dtype, last-position "
+                    "logits",
+        version="transformers 5.24.0",
+        # get_correct_attn_implementation picks "sdpa" when attn_implementation is not given
+        # (modeling_utils.py, transformers 5.24.0); eager expands K/V with repeat_kv
+        # (models/llama/modeling_llama.py eager_attention_forward).
+        attention="sdpa", repeat_kv=False,
+        # generate() sets logits_to_keep=1 when forward() takes it (generation/utils.py, 5.24.0,
+        # _supports_logits_to_keep): last position only, then an fp32 copy.
         logits_all_positions=False, prefill_chunk_tokens=0, profile_tokens=0, profile_seqs=0,
         kv_block_tokens=0,
-        # transformers 5 DynamicCache gives sliding layers a DynamicSlidingWindowLayer that keeps
-        # the last sliding_window - 1 tokens (cache_utils.py, transformers 5.24); full layers keep
-        # every token. SDPA cannot softcap: Gemma 2's softcapping needs eager scores.
+        # DynamicCache(config=...) gives sliding layers a DynamicSlidingWindowLayer (cache_utils.py,
+        # 5.24.0): after torch.cat([keys, new]) it keeps the view [..., -window + 1:, :] (the
+        # storage behind it, one token more or the whole prompt, is in the activation walk:
+        # planner/engines/hf.py); full layers keep every token. SDPA cannot softcap: Gemma 2's
+        # softcapping needs eager scores.
         sliding_window_cache=True, window_extra_tokens=-1, fused_softcap=False,
         vocab_pad_multiple=1, supports_tp=True,
-        weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "int8", "int4"),
+        weight_formats=(ALL_FORMATS,), kv_formats=("fp16", "bf16", "fp32", "int8", "int4"),
         # bitsandbytes and GPTQ/AWQ kernels dequantize inside their matmuls.
         fused_formats=("int4-gN-zp", "nf4", "llm-int8", "int8", "int4", "int4-gN"),
         gpu_memory_utilization=0.0,
         cuda_context_bytes=512 * MiB, workspace_bytes=32 * MiB, nccl_bytes=384 * MiB,
         cuda_graph_bytes=0,
+        # planner/engines/hf.py walks one generate() step of transformers allocation by allocation
+        # (measured against transformers itself: planner/engines/NOTES.md, "transformers").
+        activation_model="hf", kv_follows_model_dtype=True,
         options=("attention",),
     ),
     EngineProfile(
         name="llama.cpp",
-        description="llama.cpp server: contiguous KV cache, flash attention off, ubatch 512, "
+        description="llama.cpp (llama-server / llama-cpp-python): contiguous KV cache of n_ctx "
+                    "padded to 256, flash attention auto (on), ubatch 512, compute buffer of the "
+                    "reserved graph (logits of the whole ubatch), token embedding on the host, "
                     "layer split across GPUs (use --pp), GGML block formats",
+        # Every rule below and in planner/engines/llamacpp.py is read from llama.cpp at commit
+        # 0c1e57098bba43ac29e6e3b677cdceebdd22334f (vendored in llama-cpp-python 0.3.36) and
+        # measured against it (planner/engines/NOTES.md, "llama.cpp").
+        version="llama.cpp 0c1e570 (llama-cpp-python 0.3.36)",
         attention="eager", repeat_kv=False, logits_all_positions=False,
-        # n_ubatch default 512: the prompt is processed in micro-batches of 512 tokens.
+        # n_ubatch default 512 (llama_context_default_params, src/llama-context.cpp).
         prefill_chunk_tokens=512, profile_tokens=0, profile_seqs=0, kv_block_tokens=0,
         # llama.cpp sizes the cache for the whole context (n_ctx) except for architectures with
         # interleaved SWA / chunked layers (Gemma 2/3, gpt-oss, Llama 4), whose windowed layers get
         # a cache of n_swa + n_ubatch tokens (src/llama-kv-cache-iswa.cpp, swa_full off by
-        # default); a Mistral-style all-sliding model is cached in full.
+        # default); a Mistral-style all-sliding model is cached in full. --ubatch moves the 512.
         sliding_window_cache=True, uniform_window_cache=False, window_extra_tokens=512,
+        # src/llama-context.cpp: cparams.n_ctx = GGML_PAD(cparams.n_ctx, 256); the iSWA cache pads
+        # its window the same way (GGML_PAD(min(size_base, n_swa + n_ubatch), 256)).
+        kv_pad_tokens=256,
+        # src/llama-model.cpp load_tensors: the input layer (tok_embd) is always on the CPU.
+        embedding_on_host=True,
         fused_softcap=False, vocab_pad_multiple=1, supports_tp=False,
         weight_formats=("fp32", "fp16", "bf16", "q8_0", "q6_k", "q5_1", "q5_0", "q5_k", "q4_k",
                         "q4_1", "q4_0", "q3_k", "q2_k"),
-        # --cache-type-k/v: f16, q8_0 (int8-like), q4_0 (int4-like).
-        kv_formats=("fp16", "bf16", "int8", "int4"),
+        # --cache-type-k/v: f16, bf16, q8_0, q4_0 (GGML blocks of 32; int8/int4 name the same).
+        kv_formats=("fp16", "bf16", "q8_0", "q4_0", "int8", "int4"),
+        kv_aliases=(("int8", "q8_0"), ("int4", "q4_0")),
         fused_formats=("q8_0", "q6_k", "q5_1", "q5_0", "q5_k", "q4_k", "q4_1", "q4_0", "q3_k",
                        "q2_k"),
         gpu_memory_utilization=0.0,
         # gguf-parser's default --platform-footprint of 250 MiB VRAM (peers.md §6) for the CUDA
         # context and driver; llama.cpp does not use PyTorch's allocator.
         cuda_context_bytes=250 * MiB, workspace_bytes=0, nccl_bytes=0, cuda_graph_bytes=0,
+        # llama_context_default_params: flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO, which
+        # resolve_fused_ops turns on where the backend runs FLASH_ATTN_EXT (CPU, CUDA, Metal).
+        flash_attn=True,
+        # planner/engines/llamacpp.py: compute, KV and output buffers as llama.cpp reserves them.
+        activation_model="llamacpp",
         options=("ubatch", "flash_attn"),
     ),
 ]}
@@ -287,7 +346,8 @@ OPTIONS: dict[str, EngineOption] = {
                               lambda e, v: {"attention": v, "repeat_kv": v == "eager"}),
     "ubatch": EngineOption("--ubatch", "physical micro-batch in tokens (llama.cpp -ub / n_ubatch)",
                            _int_in("--ubatch", 1, 1 << 20),
-                           lambda e, v: {"prefill_chunk_tokens": v}),
+                           # llama.cpp's SWA cache holds n_swa + n_ubatch tokens
+                           lambda e, v: {"prefill_chunk_tokens": v, "window_extra_tokens": v}),
     "flash_attn": EngineOption("--flash-attn", "llama.cpp -fa: on or off",
                                _on_off("--flash-attn"), lambda e, v: {"flash_attn": v}),
     "max_num_batched_tokens": EngineOption(

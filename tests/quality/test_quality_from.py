@@ -32,7 +32,9 @@ def test_measured_order_replaces_the_published_one(smol, tmp_path):
     # made-up numbers: int4 measured best, int8 worst; nf4 not measured
     write_report(rep, spec.name, [("int8", 12.0, 0.05), ("int4", 10.2, 0.01),
                                   ("fp16", 10.0, 0.002)], spec_hash=spec_hash(spec))
-    args = ["recommend", "--model", path, "--gpus", "1x3090", "--kv-cache", "fp16", "--json"]
+    # the quality order (the serve default puts GPUs, the 8-bit/4-bit class and speed first)
+    args = ["recommend", "--model", path, "--gpus", "1x3090", "--kv-cache", "fp16",
+            "--objective", "quality", "--json"]
     published = _order(planner(*args, "--weights", "fp16,int8,int4,nf4"))
     assert published == ["fp16", "int8", "nf4", "int4"]
     measured = _order(planner(*args, "--weights", "fp16,int8,int4,nf4", "--quality-from", str(rep)))

@@ -1,6 +1,9 @@
 """Measured quality per format on SmolLM2-135M (its real GGUF, its own tokenizer), on CPU.
 
-One ``planner quality`` run over every format is shared by the assertions (module fixture)."""
+One ``planner quality`` run over every format is shared by the assertions (module fixture). It
+runs 7 formats x 2048 tokens (about 10 minutes on the 2-core CI machine), so it is marked slow:
+``python -m pytest -m slow tests/quality``. The default run keeps the quality command's input and
+report checks (test_quality_inputs.py, test_quality_from.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from planner.memory import Workload, estimate
 from planner.sources import resolve
 from planner_testutil import smollm2_gguf
 from quality_testutil import FORMATS, PROMPT, TOKENS, make_plan, planner, row, stderr_ok
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

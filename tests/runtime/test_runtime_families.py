@@ -1,6 +1,6 @@
 """Falcon (parallel attention + MLP), BLOOM (ALiBi, embedding LayerNorm) and GLM-130B-style (GeGLU)
 in the runtime: meta inventory = planner inventory for the catalog models, measured weights and KV
-equal to the prediction to the byte and activations within 10% on CPU launches, ALiBi slopes and
+equal to the prediction to the byte and activations within 2% on CPU launches, ALiBi slopes and
 mask, cached decode = full recompute, and HF checkpoint names for these families."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """planner launch on CPU: measured weights and KV cache equal the prediction to the byte,
-activations within 10%, TP 1 and TP 2 (gloo), bad input, no process left behind."""
+activations within the CPU tolerance (2%), TP 1 and TP 2 (gloo), bad input, no process left behind."""
 
 from __future__ import annotations
 
