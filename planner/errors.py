@@ -40,3 +40,12 @@ def suggest(word: str, choices: list[str], n: int = 3) -> str:
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def lookup(table: dict, key: str, what: str):
+    """``table[key]`` for a key as typed (stripped, lower case), or one InputError line naming
+    what was asked for, the nearest keys and every known one."""
+    k = str(key).strip().lower()
+    if k in table:
+        return table[k]
+    raise InputError(f"unknown {what} {key!r}{suggest(k, list(table))}; known: {', '.join(table)}")

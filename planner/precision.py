@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from planner.errors import InputError, suggest
+from planner.errors import InputError, lookup, suggest
 
 # Roles (see planner.spec) that a quantized weight format applies to.
 QUANTIZED_ROLES = frozenset({"linear", "expert"})
@@ -259,11 +259,7 @@ def weight_format(key: str) -> WeightFormat:
 
 def kv_format(key: str) -> KVFormat:
     """Look up a KV-cache format by key."""
-    k = str(key).strip().lower()
-    if k in _KV_FORMATS:
-        return _KV_FORMATS[k]
-    raise InputError(f"unknown KV-cache format {key!r}{suggest(k, list(_KV_FORMATS))}; "
-                     f"known: {', '.join(_KV_FORMATS)}")
+    return lookup(_KV_FORMATS, key, "KV-cache format")
 
 
 def weight_formats() -> list[WeightFormat]:

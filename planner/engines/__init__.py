@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from planner.errors import InputError, suggest
+from planner.errors import InputError, lookup
 
 MiB = 1 << 20
 
@@ -387,11 +387,7 @@ def configure(eng: EngineProfile, values: dict[str, Any]) -> EngineProfile:
 
 def engine(name: str) -> EngineProfile:
     """The profile for an engine key, or InputError with suggestions."""
-    key = str(name).strip().lower()
-    if key in _PROFILES:
-        return _PROFILES[key]
-    raise InputError(f"unknown engine {name!r}{suggest(key, list(_PROFILES))}; "
-                     f"known: {', '.join(_PROFILES)}")
+    return lookup(_PROFILES, name, "engine")
 
 
 def engines() -> list[EngineProfile]:
