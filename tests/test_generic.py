@@ -273,6 +273,7 @@ def olmo2_json(tmp_path) -> str:
     return str(path)
 
 
+@pytest.mark.slow  # CI time (about 20 s); python -m pytest -m slow
 def test_cli_estimate_plans_a_generic_model(hf, olmo2_json):
     spec = generic.spec_from_transformers(UNKNOWN[-1], "x", "x")
     r = run_cli("estimate", "--model", olmo2_json, "--json", "--tp", "2")

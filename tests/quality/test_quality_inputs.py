@@ -98,6 +98,7 @@ def test_missing_eval_text_and_unknown_format_exit_2(gguf, tmp_path):
     assert proc.returncode == 2 and stderr_ok(proc) and "int4-g12x" in proc.stderr
 
 
+@pytest.mark.slow  # CI time (about 20 s); python -m pytest -m slow
 def test_unsupported_architecture_exits_2(tmp_path):
     # a model_type the planner has no features for is planned as generic from transformers'
     # model, which the runtime does not build: refused in one line

@@ -28,6 +28,7 @@ def test_measured_equals_predicted(tmp_path, spec, weights, tp):
     assert (tmp_path / "r.json").exists()
 
 
+@pytest.mark.slow  # CI time (about 20 s); python -m pytest -m slow
 def test_under_prediction_exits_1(tmp_path):
     plan = tmp_path / "plan.yaml"
     doc = make_plan(str(plan), LLAMA, "int8", "fp16", 2)

@@ -12,14 +12,17 @@ from runtime_testutil import LLAMA, MIXTRAL, OPT
 BUILT = [e.spec for e in catalog.entries() if not unbuilt_features(e.spec)]
 
 
-SAME_AS = {"deepseek-ai/DeepSeek-R1", "deepseek-ai/DeepSeek-V3.1", "moonshotai/Kimi-K2-Instruct"}
-"""Catalog models whose architecture another default case (DeepSeek-V3) already builds: slow only
-(CI time; ``python -m pytest -m slow`` runs them)."""
+_FIRST = {}
+for _s in BUILT:
+    _FIRST.setdefault(_s.family, _s.name)
+DEFAULT_RUN = set(_FIRST.values()) | {"deepseek-ai/DeepSeek-V3", "zai-org/GLM-4.5"}
+"""The first catalog model of each family (and DeepSeek-V3, GLM-4.5) run by default; the other
+catalog models are slow only (CI time; ``python -m pytest -m slow`` runs them)."""
 
 
-@pytest.mark.parametrize("spec", [pytest.param(s, marks=pytest.mark.slow) if s.name in SAME_AS
-                                  else s for s in BUILT + [LLAMA, OPT, MIXTRAL]],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [s if s.name in DEFAULT_RUN else
+                                  pytest.param(s, marks=pytest.mark.slow) for s in BUILT]
+                         + [LLAMA, OPT, MIXTRAL], ids=lambda s: s.name)
 def test_inventory_equals_meta_model(spec):
     got = meta_inventory(spec)
     want = {t.name: tuple(t.shape) for t in inventory(spec)}
