@@ -165,34 +165,43 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from planner.paths import resolve_model as resolve
 
     src = resolve(args.model)
-    weights, stored = args.weights, None
-    if args.weights.strip().lower() == "stored":
-        from planner.inspect import stored_bytes
-
-        weights, stored = "fp16", stored_bytes(src)
+    weights, stored = weights_of(args.weights, src)
     eng = engine_of(args)
-    if eng.name == "vllm" and getattr(args, "gpus", None):
-        eng = _vllm_card_defaults(args, src.spec, eng)
+    gpuset = None
+    if getattr(args, "gpus", None):
+        from planner.hardware import parse_gpu_set
+
+        gpuset = parse_gpu_set(args.gpus)  # a bad set is one line whatever the engine
+    if eng.name == "vllm" and gpuset is not None:
+        eng = _vllm_card_defaults(args, src.spec, eng, gpuset)
     est = estimate(src.spec, weights, args.kv_cache, args.tp, args.pp, _workload(args),
                    eng, args.device, args.quantize_lm_head, stored)
     doc = est.to_json()
     if stored is not None:
         doc["precision"]["weights"] = "stored"
     doc["model"]["source"] = {"kind": src.kind, "path": src.path}
-    boot = _vllm_startup(args, src.spec, est, stored)
+    boot = _vllm_startup(args, src.spec, est, stored, gpuset)
     if boot is not None:
         doc["vllm_startup"] = boot.to_json()
     _emit(args, doc, lambda: render_estimate(est) + (f"\n{boot.line()}" if boot else ""))
     return 0
 
 
-def _vllm_card_defaults(args, spec, eng):
+def weights_of(text: str, src) -> tuple[str, dict[str, int] | None]:
+    """(weight format key, stored bytes or None) of a --weights value: ``stored`` plans the
+    checkpoint's own bytes from its headers (the format key then only names the layout checks)."""
+    if text.strip().lower() != "stored":
+        return text, None
+    from planner.inspect import stored_bytes
+
+    return "fp16", stored_bytes(src)
+
+
+def _vllm_card_defaults(args, spec, eng, gpuset):
     """The vLLM profile with the scheduler defaults and block size vLLM picks on the first GPU of
     --gpus where the user set none (planner/engines/vllm.py default_batching)."""
     from planner.engines import configure, vllm as V
-    from planner.hardware import parse_gpu_set
 
-    gpuset = parse_gpu_set(args.gpus)
     if gpuset.kind == "cpu" or not gpuset.devices:
         return eng
     prof = gpuset.devices[0].profile
@@ -204,17 +213,13 @@ def _vllm_card_defaults(args, spec, eng):
                                spec, prof.compute_capability)})
 
 
-def _vllm_startup(args, spec, est, stored):
+def _vllm_startup(args, spec, est, stored, gpuset):
     """vLLM's start-up accounting (planner/engines/vllm.py) on the first GPU of --gpus, for
     --engine vllm; None otherwise. max_model_len is the workload's context."""
-    if not getattr(args, "gpus", None):
+    if gpuset is None or est.engine.name != "vllm":
         return None
     from planner.engines import vllm as V
-    from planner.hardware import parse_gpu_set
 
-    gpuset = parse_gpu_set(args.gpus)  # a bad set is one line whatever the engine
-    if est.engine.name != "vllm":
-        return None
     if gpuset.kind == "cpu":
         raise InputError("--engine vllm plans CUDA GPUs; --gpus cpu has none")
     if len(gpuset.devices) < est.tp * est.pp:

@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from planner.cli import _workload, engine_of
+    from planner.cli import _workload, engine_of, weights_of
     from planner.memory import estimate
     from planner.paths import resolve_model
 
@@ -58,13 +58,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         check_output(args.report, force=True)
     src = resolve_model(args.model)
-    weights, stored = args.weights, None
+    weights = args.weights
     if weights is None:  # llama.cpp runs the GGUF's own bytes: plan them as stored
         weights = "stored" if (src.kind == "gguf" and args.engine == "llama.cpp") else "fp16"
-    if weights.strip().lower() == "stored":
-        from planner.inspect import stored_bytes
-
-        weights, stored = "fp16", stored_bytes(src)
+    weights, stored = weights_of(weights, src)
     est = estimate(src.spec, weights, args.kv_cache, args.tp, args.pp, _workload(args), eng,
                    args.device, args.quantize_lm_head, stored)
     result = importlib.import_module(MEASURERS[args.engine]).measure(args, src, est)
